@@ -1,0 +1,1 @@
+"""OpenAI image APIs to provider APIs: pure, table-driven adapters."""

@@ -1,0 +1,219 @@
+"""What every adapter shares: the normalised request, upstream envelopes, policies, size helpers."""
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import msgspec
+
+from config.api import Usage
+from config.errors import GatewayError
+
+Operation = Literal["generate", "edit"]
+DROP: Final = "drop"
+REJECT: Final = "reject"
+Policy = Literal["drop", "reject"]
+
+
+class InputImage(msgspec.Struct, frozen=True):
+    """An input image of an edit, already read and sniffed (`mime` is the real type)."""
+
+    data: bytes
+    mime: str
+    filename: str = "image"
+
+
+class ImageRequest(msgspec.Struct, kw_only=True):
+    """One OpenAI images request after routing: `model` is the provider's model id."""
+
+    operation: Operation
+    model: str
+    prompt: str
+    n: int = 1
+    size: str | None = None
+    quality: str | None = None
+    response_format: str | None = None
+    output_format: str | None = None
+    output_compression: int | None = None
+    background: str | None = None
+    style: str | None = None
+    moderation: str | None = None
+    input_fidelity: str | None = None
+    user: str | None = None
+    seed: int | None = None
+    stream: bool = False
+    partial_images: int | None = None
+    images: list[InputImage] = []
+    mask: InputImage | None = None
+    watermark: bool = False  # from the route's config
+    image_only: bool = False  # from the route's config
+
+
+class UpstreamRequest(msgspec.Struct, kw_only=True):
+    """What proxy/upstream.py sends: `path` is appended to the provider's base_url."""
+
+    path: str
+    body: bytes
+    method: str = "POST"
+    content_type: str = "application/json"
+    headers: dict[str, str] = {}
+    dropped: tuple[str, ...] = ()
+
+
+class UpstreamResponse(msgspec.Struct, kw_only=True):
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = {}  # lower-cased names
+    received_at: int = 0  # the gateway's clock (unix seconds) when the answer arrived
+
+
+class GeneratedImage(msgspec.Struct, kw_only=True):
+    """One image a provider made: exactly one of b64_json / url is set."""
+
+    b64_json: str | None = None
+    url: str | None = None
+    mime: str | None = None  # when the provider says (data URI prefix, inlineData.mimeType)
+    revised_prompt: str | None = None
+
+
+class ProviderResult(msgspec.Struct, kw_only=True):
+    images: list[GeneratedImage]
+    created: int
+    usage: Usage | None = None
+    failed: int = 0  # images the provider reported as failed inside a 200 answer
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    generate: bool = True
+    edit: bool = True
+    mask: bool = False
+    images_per_call: int = 1  # n above this is made by concurrent calls
+    max_input_images: int = 16
+
+
+def bearer(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+@dataclass(frozen=True)
+class Adapter:
+    type: str
+    capabilities: Capabilities
+    encode_request: Callable[[ImageRequest], UpstreamRequest] | None = None
+    decode_response: Callable[[UpstreamResponse], ProviderResult] | None = None
+    auth_headers: Callable[[str], dict[str, str]] = bearer
+    render: Callable[[ImageRequest], ProviderResult] | None = None  # offline providers
+    native: bool = False  # OpenAI-native: forwarded as bytes, not encoded
+    policy: Mapping[str, Policy] = field(default_factory=dict)
+
+
+# --- policies -------------------------------------------------------------------------------
+
+_UNSET_VALUES = (None, False, "auto")
+
+
+def apply_policy(req: ImageRequest, policy: Mapping[str, Policy]) -> tuple[str, ...]:
+    """Names the params the provider cannot honour: REJECT raises 400, DROP is reported back."""
+    dropped = []
+    for name, action in policy.items():
+        value = getattr(req, name)
+        if value in _UNSET_VALUES or value == []:
+            continue
+        if action == REJECT:
+            raise GatewayError(
+                "invalid_value",
+                f"The model {req.model!r} does not support `{name}`.",
+                param=name,
+            )
+        dropped.append(name)
+    return tuple(dropped)
+
+
+# --- sizes ----------------------------------------------------------------------------------
+
+_SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
+ASPECT_RATIOS: Final = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+
+
+def parse_size(size: str | None) -> tuple[int, int] | None:
+    """`"1024x1536"` -> (1024, 1536); None for absent, `auto` or anything not `WxH`."""
+    if not size:
+        return None
+    m = _SIZE.fullmatch(size)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def nearest_ratio(width: int, height: int, ratios: Sequence[str] = ASPECT_RATIOS) -> str:
+    """The ratio in `ratios` closest to width:height (compared on a log scale)."""
+    import math
+
+    target = math.log(width / height)
+
+    def distance(r: str) -> float:
+        a, b = r.split(":")
+        return abs(math.log(int(a) / int(b)) - target)
+
+    return min(ratios, key=distance)
+
+
+def image_size_class(width: int, height: int) -> str:
+    """1K / 2K / 4K from the longer side."""
+    longer = max(width, height)
+    return "1K" if longer <= 1536 else "2K" if longer <= 3072 else "4K"
+
+
+# --- images ---------------------------------------------------------------------------------
+
+_MAGIC: Final = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+
+
+def sniff_mime(head: bytes) -> str | None:
+    """The real image type from the first bytes (png, jpeg, webp, gif), else None."""
+    for magic, mime in _MAGIC:
+        if head.startswith(magic):
+            return mime
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def data_url(image: InputImage) -> str:
+    return f"data:{image.mime};base64,{base64.b64encode(image.data).decode()}"
+
+
+_REDACT = re.compile(r"data:[^\s\"']{0,64}base64,[A-Za-z0-9+/=]+|[A-Za-z0-9+/=]{200,}")
+
+
+def safe_message(text: str, limit: int = 300) -> str:
+    """A provider's message fit to show a client: no data URLs, no base64, bounded length."""
+    text = _REDACT.sub("[redacted]", text).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def status_error(status: int, message: str, *, param: str | None = None,
+                 retry_after: str | None = None) -> GatewayError:
+    """The DESIGN table's answer to a provider's HTTP status (messages already made safe)."""
+    headers = {"retry-after": retry_after} if retry_after else None
+    if status in (401, 403):
+        return GatewayError("upstream_auth_failed", "The provider rejected the gateway's credentials.")
+    if status == 402:
+        return GatewayError("insufficient_quota", "The provider account is out of credit.")
+    if status == 429:
+        return GatewayError("upstream_rate_limited", message or "The provider is rate limiting "
+                            "requests.", headers=headers)
+    if status == 408 or status == 504:
+        return GatewayError("upstream_timeout", "The provider timed out.")
+    if 400 <= status < 500:
+        return GatewayError("invalid_value", message or "The provider rejected the request.",
+                            param=param)
+    return GatewayError("upstream_unavailable", f"The provider failed (HTTP {status}).",
+                        headers=headers)

@@ -1,0 +1,1 @@
+"""Declared vocabulary: config schema and loader, OpenAI wire Structs, the error type."""

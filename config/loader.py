@@ -1,0 +1,136 @@
+"""Reads the YAML config: `${VAR}` expansion, strict typing, and errors that name their path."""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from config.schema import PROVIDER_TYPES, Config, ModelConfig, Provider
+
+EXAMPLES = Path(__file__).parent / "examples"
+DEFAULT_CONFIG = EXAMPLES / "default.yaml"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_AT = re.compile(r" - at `\$(.*)`$")
+_NAMED_MAPS: dict[str, type] = {"providers": Provider, "models": ModelConfig}  # type: ignore[dict-item]
+
+
+class ConfigError(Exception):
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path, self.message = path, message
+
+
+def _expand(value: Any, path: str, env: Mapping[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand(v, _join(path, str(k)), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(path, f"environment variable {name} is not set")
+
+    expanded = _VAR.sub(sub, value)
+    if _VAR.fullmatch(value):  # `port: ${PORT}` keeps YAML's typing of the value
+        try:
+            parsed = yaml.safe_load(expanded)
+        except yaml.YAMLError:
+            return expanded
+        return parsed if isinstance(parsed, (int, float, bool)) else expanded
+    return expanded
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _convert(data: Any, typ: Any, path: str) -> Any:
+    try:
+        return msgspec.convert(data, typ)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        m = _AT.search(text)
+        where = path
+        if m:
+            where = path + m.group(1) if m.group(1).startswith("[") else _join(path, m.group(1)[1:])
+            text = text[: m.start()]
+        if text.startswith("Object contains unknown field"):
+            text = "unknown key " + text.rsplit(" ", 1)[-1]
+        raise ConfigError(where, text) from None
+
+
+def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("", "the config file must be a mapping")
+    data = _expand(data, "", env)
+    typed: dict[str, Any] = {}
+    for section, typ in _NAMED_MAPS.items():
+        entries = data.pop(section, None) or {}
+        if not isinstance(entries, dict):
+            raise ConfigError(section, "expected a mapping of names")
+        typed[section] = {str(k): _convert(v, typ, f"{section}.{k}") for k, v in entries.items()}
+    config = _convert(data, Config, "")
+    config = msgspec.structs.replace(config, **typed)
+    _cross_check(config)
+    return config
+
+
+def _cross_check(config: Config) -> None:
+    seen_names: dict[str, str] = {}
+    for name, model in config.models.items():
+        for i, route in enumerate(model.routes):
+            if route.provider not in config.providers:
+                raise ConfigError(
+                    f"models.{name}.routes[{i}].provider", f"unknown provider {route.provider!r}"
+                )
+        for j, alias in enumerate([name, *model.aliases]):
+            where = f"models.{name}" if j == 0 else f"models.{name}.aliases[{j - 1}]"
+            if alias in seen_names:
+                raise ConfigError(where, f"model name {alias!r} is already used by {seen_names[alias]}")
+            seen_names[alias] = f"models.{name}"
+    ids: set[str] = set()
+    for i, key in enumerate(config.auth.keys):
+        where = f"auth.keys[{i}]"
+        if (key.key is None) == (key.key_sha256 is None):
+            raise ConfigError(where, "exactly one of key or key_sha256 is required")
+        if key.key_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", key.key_sha256):
+            raise ConfigError(f"{where}.key_sha256", "expected 64 lower-case hex digits")
+        if key.key is not None and not key.key:
+            raise ConfigError(f"{where}.key", "the key is empty")
+        if key.id in ids:
+            raise ConfigError(f"{where}.id", f"duplicate key id {key.id!r}")
+        ids.add(key.id)
+        for m in key.models or []:
+            if m not in seen_names:
+                raise ConfigError(f"{where}.models", f"unknown model {m!r}")
+    for name, provider in config.providers.items():
+        if getattr(provider, "api_key", None) == "":
+            raise ConfigError(f"providers.{name}.api_key", "the key is empty")
+    assert set(PROVIDER_TYPES)  # the registry of adapters mirrors these type names
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    target = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        text = target.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {target}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"invalid YAML: {exc}") from None
+    return parse_config(data)

@@ -1,0 +1,142 @@
+"""The config file's schema: strict msgspec Structs, so a typo in YAML is an error with a path."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+PositiveFloat = Annotated[float, Meta(gt=0)]
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class ServerConfig(Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    public_base_url: str | None = None
+    max_request_bytes: Annotated[int, Meta(ge=1024)] = 64 * 1024 * 1024
+    graceful_shutdown_s: Annotated[float, Meta(ge=0)] = 30.0
+    log_prompts: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_images_per_request: Annotated[int, Meta(ge=1, le=16)] = 16
+
+
+class Limits(Strict):
+    requests_per_minute: Annotated[int, Meta(ge=1)] | None = None
+    images_per_minute: Annotated[int, Meta(ge=1)] | None = None
+    concurrent_requests: Annotated[int, Meta(ge=1)] | None = None
+
+
+class ApiKey(Strict):
+    id: str
+    key: str | None = None
+    key_sha256: str | None = None
+    models: list[str] | None = None
+    limits: Limits = Limits()
+
+    def __repr__(self) -> str:
+        return f"ApiKey(id={self.id!r}, key=***)"
+
+
+class AuthConfig(Strict):
+    keys: list[ApiKey] = []
+
+
+class StateConfig(Strict):
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+
+class StorageConfig(Strict):
+    backend: Literal["filesystem", "redis"] = "filesystem"
+    path: str = "./data/images"
+    ttl_s: PositiveFloat = 3600.0
+    signing_secret: str = ""
+
+    def __repr__(self) -> str:
+        return f"StorageConfig(backend={self.backend!r}, path={self.path!r}, ttl_s={self.ttl_s})"
+
+
+class FetchConfig(Strict):
+    max_bytes: Annotated[int, Meta(ge=1)] = 50 * 1024 * 1024
+    timeout_s: PositiveFloat = 30.0
+    allow_private_hosts: list[str] = []
+
+
+class ProviderBase(Strict, tag_field="type", kw_only=True):
+    timeout_s: PositiveFloat = 300.0
+    connect_timeout_s: PositiveFloat = 10.0
+    max_concurrency: Annotated[int, Meta(ge=1)] = 64
+    headers: dict[str, str] = {}
+
+
+class _KeyedProvider(ProviderBase, kw_only=True):
+    base_url: str
+    api_key: str
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, api_key=***)"
+
+
+class OpenAIProvider(_KeyedProvider, tag="openai", kw_only=True):
+    base_url: str = "https://api.openai.com/v1"
+
+
+class ArkProvider(_KeyedProvider, tag="ark", kw_only=True):
+    base_url: str = "https://ark.cn-beijing.volces.com/api/v3"
+
+
+class OpenRouterProvider(_KeyedProvider, tag="openrouter", kw_only=True):
+    base_url: str = "https://openrouter.ai/api/v1"
+
+
+class GeminiProvider(_KeyedProvider, tag="gemini", kw_only=True):
+    base_url: str = "https://generativelanguage.googleapis.com/v1beta"
+
+
+class ZaiProvider(_KeyedProvider, tag="zai", kw_only=True):
+    base_url: str = "https://open.bigmodel.cn/api/paas/v4"
+
+
+class LocalProvider(ProviderBase, tag="local", kw_only=True):
+    pass
+
+
+Provider = (
+    OpenAIProvider | ArkProvider | OpenRouterProvider | GeminiProvider | ZaiProvider | LocalProvider
+)
+PROVIDER_TYPES = ("openai", "ark", "openrouter", "gemini", "zai", "local")
+
+
+class Route(Strict):
+    provider: str
+    model: str | None = None  # defaults to the public model name
+    priority: int = 0
+    weight: Annotated[float, Meta(gt=0)] = 1.0
+    watermark: bool = False  # Ark / Z.AI: ask for the provider's visible mark
+    image_only: bool = False  # OpenRouter / Gemini: request only the image modality
+
+
+class ModelConfig(Strict):
+    routes: Annotated[list[Route], Meta(min_length=1)]
+    aliases: list[str] = []
+    defaults: dict[str, str | int | float | bool] = {}
+
+
+class RoutingConfig(Strict):
+    max_attempts: Annotated[int, Meta(ge=1)] = 3
+    cooldown_s: Annotated[float, Meta(ge=0)] = 30.0
+
+
+class Config(Strict):
+    server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
+    state: StateConfig = StateConfig()
+    storage: StorageConfig = StorageConfig()
+    fetch: FetchConfig = FetchConfig()
+    providers: dict[str, Provider] = {}
+    models: dict[str, ModelConfig] = {}
+    routing: RoutingConfig = RoutingConfig()

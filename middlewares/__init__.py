@@ -1,0 +1,1 @@
+"""The aiohttp middleware chain, one module per middleware."""

@@ -1,0 +1,1 @@
+"""The aiohttp app: CLI, app factory, endpoints, routing, upstream client."""
