@@ -72,6 +72,11 @@ class ProviderBase(Strict, tag_field="type", kw_only=True):
     max_concurrency: Annotated[int, Meta(ge=1)] = 64
     headers: dict[str, str] = {}
 
+    @property
+    def type(self) -> str:
+        """The `type:` the YAML gave (msgspec keeps it as the tag, not as a field)."""
+        return str(self.__struct_config__.tag)
+
 
 class _KeyedProvider(ProviderBase, kw_only=True):
     base_url: str

@@ -1,0 +1,70 @@
+"""API-key authentication: Bearer keys compared by sha256 digest, per-key model allowlists."""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import hdrs, web
+
+from config.errors import GatewayError
+from config.schema import ApiKey, AuthConfig
+from middlewares.keys import API_KEY, KEY_ID
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PREFIXES = ("/v1/images/files/",)  # signed links: the signature is the credential
+log = structlog.get_logger("imagegate.auth")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_table(auth: AuthConfig) -> dict[str, ApiKey]:
+    return {k.key_sha256 or hash_key(k.key or ""): k for k in auth.keys}
+
+
+def auth_middleware(auth: AuthConfig) -> Callable[..., Awaitable[web.StreamResponse]]:
+    keys = key_table(auth)  # built once, not per request
+    if not keys:
+        log.warning("open_gateway", detail="no API keys configured: every client is admitted")
+
+    @web.middleware
+    async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if not keys or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+            return await handler(request)
+        header = request.headers.get(hdrs.AUTHORIZATION, "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise GatewayError(
+                "invalid_api_key",
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+            )
+        key = keys.get(hash_key(token.strip()))  # a digest lookup: no plaintext comparison
+        if key is None:
+            raise GatewayError("invalid_api_key", "Incorrect API key provided.")
+        request[API_KEY] = key
+        request[KEY_ID] = key.id
+        return await handler(request)
+
+    return auth_mw
+
+
+def check_model_allowed(request: web.Request, model: str) -> None:
+    """403 when the caller's key has an allowlist without this public model name."""
+    key = request.get(API_KEY)
+    if key is not None and key.models is not None and model not in key.models:
+        raise GatewayError(
+            "model_not_allowed",
+            f"The API key '{key.id}' may not use the model '{model}'.",
+            param="model",
+        )
+
+
+def allowed_models(request: web.Request, names: list[str]) -> list[str]:
+    key = request.get(API_KEY)
+    if key is None or key.models is None:
+        return names
+    return [n for n in names if n in key.models]

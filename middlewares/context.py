@@ -1,0 +1,75 @@
+"""Request context: the request id in and out, and one JSON access-log line per request."""
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from middlewares.keys import IMAGES, KEY_ID, MODEL, PROVIDER, REQUEST_ID
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+log = structlog.get_logger("imagegate.access")
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+def context_middleware() -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def context_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("x-request-id", "")
+        request_id = given if _CLIENT_ID.fullmatch(given) else new_request_id()
+        request[REQUEST_ID] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+        response: web.StreamResponse | None = None
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except asyncio.CancelledError:
+            status = 499  # the client hung up; the upstream call is cancelled with us
+            raise
+        finally:
+            _access_line(request, status, started, response)
+
+    return context_mw
+
+
+def _access_line(
+    request: web.Request, status: int, started: float, response: web.StreamResponse | None
+) -> None:
+    bytes_out = 0
+    if response is not None:
+        bytes_out = response.body_length if response.prepared else len(
+            getattr(response, "body", b"") or b""
+        )
+    log.info(
+        "request",
+        method=request.method,
+        path=request.path,
+        status=status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        key=request.get(KEY_ID),
+        model=request.get(MODEL),
+        provider=request.get(PROVIDER),
+        images=request.get(IMAGES, 0),
+        bytes_in=request.content_length or 0,
+        bytes_out=bytes_out,
+    )
+
+
+async def set_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every answer, streamed ones too, carries x-request-id."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers["x-request-id"] = request_id

@@ -1,0 +1,94 @@
+"""Prometheus families from DESIGN.md on an injected registry, with cached label children."""
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from middlewares.keys import KEY_ID, MODEL
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+NONE = "-"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry, *, multiprocess: bool = False) -> None:
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+            return Counter(f"imagegate_{name}", doc, labels, registry=registry)
+
+        def histogram(name: str, doc: str, labels: tuple[str, ...]) -> Histogram:
+            return Histogram(
+                f"imagegate_{name}", doc, labels, registry=registry, buckets=REQUEST_BUCKETS
+            )
+
+        gauge_mode: dict[str, Any] = {"multiprocess_mode": "livesum"} if multiprocess else {}
+        self.registry = registry
+        self.requests = counter("requests_total", "Requests answered",
+                                ("endpoint", "model", "key", "status"))
+        self.duration = histogram("request_duration_seconds", "Request duration",
+                                  ("endpoint", "model"))
+        self.upstream = counter("upstream_requests_total", "Upstream attempts",
+                                ("provider", "model", "outcome"))
+        self.upstream_duration = histogram("upstream_duration_seconds", "Upstream attempt "
+                                           "duration", ("provider", "model"))
+        self.images = counter("images_total", "Images returned", ("model", "provider"))
+        self.tokens = counter("tokens_total", "Tokens reported by providers",
+                              ("model", "provider", "kind"))
+        self.in_flight = Gauge("imagegate_in_flight_requests", "Requests being answered",
+                               registry=registry, **gauge_mode)
+        self.rate_limited = counter("rate_limited_total", "Requests refused by a key limit",
+                                    ("key", "limit"))
+        self.retries = counter("retries_total", "Attempts retried on another route",
+                               ("provider",))
+        self.route_healthy = Gauge("imagegate_route_healthy", "1 when the route is not resting",
+                                   ("provider", "model"), registry=registry,
+                                   **({"multiprocess_mode": "min"} if multiprocess else {}))
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, family: Any, *labels: str) -> Any:
+        """Label children are cached: `labels()` costs more than the increment itself."""
+        key = (id(family), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = family.labels(*labels)
+        return found
+
+    def observe_request(self, endpoint: str, model: str, key: str, status: int,
+                        seconds: float) -> None:
+        self.child(self.requests, endpoint, model, key, str(status)).inc()
+        self.child(self.duration, endpoint, model).observe(seconds)
+
+
+def _endpoint(request: web.Request) -> str:
+    route = request.match_info.route
+    resource = route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    in_flight = metrics.in_flight
+
+    @web.middleware
+    async def metrics_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 499
+        in_flight.inc()
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except Exception:
+            status = 500
+            raise
+        finally:
+            in_flight.dec()
+            metrics.observe_request(
+                _endpoint(request), request.get(MODEL, NONE), request.get(KEY_ID, NONE),
+                status, time.perf_counter() - started,
+            )
+
+    return metrics_mw

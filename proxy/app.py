@@ -1,0 +1,59 @@
+"""The app factory: the middleware chain in its one fixed order, the routes, the lifecycle."""
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, multiprocess as prom_multiprocess
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from config.schema import Config
+from middlewares.auth import auth_middleware
+from middlewares.context import context_middleware, set_request_id_header
+from middlewares.errors import errors_middleware
+from middlewares.keys import CONFIG, METRICS
+from middlewares.metrics import Metrics, metrics_middleware
+from middlewares.rewrite import rewrite_middleware
+from proxy import handlers
+from proxy.gateway import GATEWAY, Gateway
+from proxy.routing import Router
+from proxy.storage import ImageStore
+
+
+def create_app(config: Config, *, registry: CollectorRegistry | None = None,
+               router: Router | None = None, store: ImageStore | None = None,
+               multiprocess: bool = False) -> web.Application:
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = Metrics(registry, multiprocess=multiprocess)
+    gateway = Gateway(config, metrics, router, store)
+    middlewares = [
+        context_middleware(),
+        metrics_middleware(metrics),
+        errors_middleware(),  # inside context/metrics: they see every final status
+        auth_middleware(config.auth),
+        # rate limits take their place here, between auth and rewrite
+        rewrite_middleware(config, gateway.models),
+    ]
+    app = web.Application(middlewares=middlewares,
+                          client_max_size=config.server.max_request_bytes)
+    app[CONFIG] = config
+    app[METRICS] = metrics
+    app[GATEWAY] = gateway
+    app.on_response_prepare.append(set_request_id_header)
+    app.cleanup_ctx.append(gateway.lifecycle)
+    app.router.add_post("/v1/images/generations", handlers.generations)
+    app.router.add_post("/v1/images/edits", handlers.edits)
+    app.router.add_post("/v1/images/variations", handlers.variations)
+    app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/v1/images/files/{name}", handlers.hosted_file)
+    app.router.add_get("/metrics", make_aiohttp_handler(_exposed_registry(metrics, multiprocess)))
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    return app
+
+
+def _exposed_registry(metrics: Metrics, multiprocess: bool) -> CollectorRegistry:
+    """With several workers, /metrics sums every worker's files, not just this process."""
+    if not multiprocess:
+        return metrics.registry
+    registry = CollectorRegistry()
+    prom_multiprocess.MultiProcessCollector(registry)
+    return registry

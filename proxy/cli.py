@@ -1,0 +1,128 @@
+"""The `imagegate` command: serve, check-config, hash-key."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import multiprocessing
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
+def configure_logging(level: str = "info") -> None:
+    """structlog once per process: JSON lines on stdout, bytes all the way (no stdlib logging)."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(
+                serializer=lambda obj, default: msgspec.json.encode(obj, enc_hook=default)
+            ),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.BytesLoggerFactory(),
+        cache_logger_on_first_use=True,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagegate", description="OpenAI-compatible image gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="config file (default: $IMAGEGATE_CONFIG, else the "
+                       "bundled offline config serving the `local` provider)")
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes sharing the port (default 1)")
+    check = sub.add_parser("check-config", help="validate a config and print its routes")
+    check.add_argument("path")
+    hash_key = sub.add_parser("hash-key", help="print the key_sha256 form of an API key")
+    hash_key.add_argument("key")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "hash-key":
+        print(hashlib.sha256(args.key.encode()).hexdigest())
+        return 0
+    from config.loader import ConfigError, load_config
+
+    path = args.path if args.command == "check-config" else (
+        args.config or os.environ.get("IMAGEGATE_CONFIG"))
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"imagegate: {exc}", file=sys.stderr)
+        return 1
+    if args.command == "check-config":
+        print_routes(config)
+        return 0
+    return serve(config, args)
+
+
+def print_routes(config: Any) -> None:
+    rows = [("MODEL", "PROVIDER", "TYPE", "UPSTREAM MODEL", "PRIORITY", "WEIGHT")]
+    for name, model in config.models.items():
+        for r in model.routes:
+            rows.append((name, r.provider, config.providers[r.provider].type, r.model or name,
+                         str(r.priority), f"{r.weight:g}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    keys = len(config.auth.keys)
+    print(f"\n{len(config.models)} models, {len(config.providers)} providers, {keys} API keys"
+          + ("" if keys else " (open gateway)"))
+
+
+def serve(config: Any, args: argparse.Namespace) -> int:
+    server = msgspec.structs.replace(
+        config.server,
+        host=args.host or config.server.host,
+        port=config.server.port if args.port is None else args.port,
+    )
+    config = msgspec.structs.replace(config, server=server)
+    if args.workers <= 1:
+        run_worker(config, multiprocess=False)
+        return 0
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="imagegate-prom-"))
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=run_worker, args=(config, True)) for _ in range(args.workers)]
+    for w in workers:
+        w.start()
+    try:
+        for w in workers:
+            w.join()
+    except KeyboardInterrupt:
+        for w in workers:
+            w.terminate()
+    return 0
+
+
+def run_worker(config: Any, multiprocess: bool) -> None:
+    from aiohttp import web
+
+    from proxy.app import create_app
+
+    configure_logging(config.server.log_level)
+    log = structlog.get_logger("imagegate")
+    app = create_app(config, multiprocess=multiprocess)
+    log.info("starting", host=config.server.host, port=config.server.port, pid=os.getpid(),
+             models=len(config.models))
+    web.run_app(app, host=config.server.host, port=config.server.port, print=None,
+                access_log=None, reuse_port=multiprocess,
+                shutdown_timeout=config.server.graceful_shutdown_s,
+                handle_signals=True)

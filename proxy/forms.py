@@ -1,0 +1,257 @@
+"""Multipart image forms: read the head to route, stream or spool the rest, validate files."""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import IO
+
+from aiohttp import web
+
+from adapters.base import InputImage, sniff_mime
+from config.errors import GatewayError
+from proxy.multipart import Event, PartInfo, boundary_of, scan
+
+CHUNK = 256 * 1024
+MAX_TEXT_BYTES = 1024 * 1024  # all text fields together; prompts are at most 32000 chars
+FILE_FIELDS = {"image": "image", "image[]": "image", "mask": "mask"}
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+
+
+@dataclass
+class Form:
+    boundary: bytes
+    fields: dict[str, str]
+    raw_fields: dict[str, bytes]
+    events: AsyncIterator[Event]
+    content_length: int | None  # of the body the events replay, when known
+    spool: IO[bytes] | None = None
+    files_seen: bool = False
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+
+
+async def _counted(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in request.content.iter_chunked(CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise GatewayError("request_too_large", "The request body is larger than the "
+                               f"gateway accepts ({limit} bytes).")
+        yield chunk
+
+
+async def _chain(first: Iterable[Event], rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    for ev in first:
+        yield ev
+    async for ev in rest:
+        yield ev
+
+
+async def _file_chunks(spool: IO[bytes]) -> AsyncIterator[bytes]:
+    spool.seek(0)
+    while chunk := spool.read(CHUNK):
+        yield chunk
+
+
+def is_file(part: PartInfo) -> bool:
+    return part.filename is not None or part.name in FILE_FIELDS
+
+
+class _Fields:
+    def __init__(self) -> None:
+        self.text: dict[str, str] = {}
+        self.raw: dict[str, bytes] = {}
+        self.current: PartInfo | None = None
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def feed(self, ev: Event) -> None:
+        if ev.kind == "part":
+            self.current, self.chunks = ev.part, []
+        elif ev.kind == "data" and self.current is not None and not is_file(self.current):
+            self.size += len(ev.data)
+            if self.size > MAX_TEXT_BYTES:
+                raise GatewayError("invalid_value", "The form's text fields are too large.")
+            self.chunks.append(ev.data)
+        elif ev.kind == "end" and self.current is not None and not is_file(self.current):
+            raw = b"".join(self.chunks)
+            self.raw[self.current.name] = raw
+            self.text[self.current.name] = raw.decode("utf-8", "replace")
+
+
+async def read_form(request: web.Request, max_bytes: int) -> Form:
+    """Reads text fields up to the first file; spools to disk if `model` comes after a file."""
+    boundary = boundary_of(request.headers.get("Content-Type", ""))
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise GatewayError("request_too_large", f"The request body is larger than the gateway "
+                           f"accepts ({max_bytes} bytes).")
+    events = scan(boundary, _counted(request, max_bytes))
+    seen: list[Event] = []
+    fields = _Fields()
+    async for ev in events:
+        seen.append(ev)
+        if ev.kind == "part" and is_file(ev.part) and "model" not in fields.text:
+            return await _spool(boundary, seen, events, fields)
+        if ev.kind == "part" and is_file(ev.part):
+            return Form(boundary, fields.text, fields.raw, _chain(seen, events), length,
+                        files_seen=True)
+        fields.feed(ev)
+    return Form(boundary, fields.text, fields.raw, _chain(seen, _empty()), length)
+
+
+async def _empty() -> AsyncIterator[Event]:
+    return
+    yield  # pragma: no cover
+
+
+async def _spool(boundary: bytes, seen: list[Event], events: AsyncIterator[Event],
+                 fields: _Fields) -> Form:
+    spool = tempfile.TemporaryFile(prefix="imagegate-")  # on disk, never held in memory
+    try:
+        for ev in seen:
+            spool.write(ev.data)
+        fields.feed(seen[-1])
+        async for ev in events:
+            spool.write(ev.data)
+            fields.feed(ev)
+        spool.flush()
+        size = os.fstat(spool.fileno()).st_size
+    except BaseException:
+        spool.close()
+        raise
+    return Form(boundary, fields.text, fields.raw, scan(boundary, _file_chunks(spool)), size,
+                spool=spool, files_seen=True)
+
+
+@dataclass
+class FileCheck:
+    """Validates file parts as they pass: field names, counts, emptiness, real image type."""
+
+    max_images: int
+    images: int = 0
+    masks: int = 0
+    part: PartInfo | None = None
+    head: bytes = b""
+    size: int = 0
+    mimes: list[str] = field(default_factory=list)
+    error: GatewayError | None = None  # a bad file found while its bytes were being forwarded
+
+    def feed(self, ev: Event) -> None:
+        if ev.kind == "part":
+            self.part = ev.part if is_file(ev.part) else None
+            if self.part is not None:
+                self._open(self.part)
+        elif self.part is None:
+            return
+        elif ev.kind == "data":
+            if len(self.head) < 16:
+                self.head += ev.data[: 16 - len(self.head)]
+            self.size += len(ev.data)
+        elif ev.kind == "end":
+            self._close(self.part)
+
+    def _open(self, part: PartInfo) -> None:
+        kind = FILE_FIELDS.get(part.name)
+        if kind is None:
+            raise GatewayError("invalid_value", f"Unexpected file field '{part.name}'.",
+                               param=part.name)
+        if kind == "mask":
+            self.masks += 1
+            if self.masks > 1:
+                raise GatewayError("invalid_value", "Only one mask may be sent.", param="mask")
+        else:
+            self.images += 1
+            if self.images > self.max_images:
+                raise GatewayError("invalid_value", f"Too many images: at most "
+                                   f"{self.max_images} may be sent.", param="image")
+        self.head, self.size = b"", 0
+
+    def _close(self, part: PartInfo) -> None:
+        param = FILE_FIELDS[part.name]
+        if self.size == 0:
+            raise GatewayError("invalid_value", f"The file sent as '{part.name}' is empty.",
+                               param=param)
+        mime = sniff_mime(self.head)
+        if mime not in IMAGE_TYPES:
+            raise GatewayError("invalid_value", f"The file sent as '{part.name}' is not a PNG, "
+                               "JPEG or WebP image.", param=param)
+        self.mimes.append(mime)
+        self.part = None
+
+    def finish(self) -> None:
+        if self.images == 0:
+            raise GatewayError("invalid_value", "Missing required parameter: 'image'.",
+                               param="image")
+
+
+def extra_part(boundary: bytes, name: str, value: str) -> bytes:
+    return (b"\r\n--" + boundary + b'\r\nContent-Disposition: form-data; name="'
+            + name.encode() + b'"\r\n\r\n' + value.encode())
+
+
+async def forward_body(form: Form, check: FileCheck, model: str,
+                       extra: Mapping[str, str]) -> AsyncIterator[bytes]:
+    """The body to send upstream: every byte as sent but the model value (and added fields)."""
+    new_model = model.encode()
+    in_model = False
+    async for ev in form.events:
+        try:
+            check.feed(ev)
+            if ev.kind == "close":
+                check.finish()
+        except GatewayError as error:
+            check.error = error  # aiohttp's body writer would bury it: the handler re-raises it
+            raise
+        kind = ev.kind
+        if kind == "part":
+            in_model = ev.part.name == "model" and not is_file(ev.part)
+        elif kind == "data":
+            if not in_model:
+                yield ev.data
+        elif kind == "end":
+            if in_model:
+                yield new_model
+                in_model = False
+        elif kind == "close":
+            for name, value in extra.items():
+                yield extra_part(form.boundary, name, value)
+            yield ev.data
+        else:
+            yield ev.data
+
+
+def forward_length(form: Form, model: str, extra: Mapping[str, str]) -> int | None:
+    if form.content_length is None:
+        return None
+    old = len(form.raw_fields.get("model", b""))
+    added = sum(len(extra_part(form.boundary, k, v)) for k, v in extra.items())
+    return form.content_length - old + len(model.encode()) + added
+
+
+async def collect_files(form: Form, check: FileCheck) -> tuple[list[InputImage], InputImage | None]:
+    """Reads every file into memory, for adapters that must re-encode them."""
+    images: list[InputImage] = []
+    mask: InputImage | None = None
+    chunks: list[bytes] = []
+    part: PartInfo | None = None
+    async for ev in form.events:
+        check.feed(ev)
+        if ev.kind == "part":
+            part, chunks = (ev.part if is_file(ev.part) else None), []
+        elif ev.kind == "data" and part is not None:
+            chunks.append(ev.data)
+        elif ev.kind == "end" and part is not None:
+            item = InputImage(b"".join(chunks), check.mimes[-1], part.filename or part.name)
+            if FILE_FIELDS[part.name] == "mask":
+                mask = item
+            else:
+                images.append(item)
+            part = None
+        elif ev.kind == "close":
+            check.finish()
+    return images, mask

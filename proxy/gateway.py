@@ -1,0 +1,73 @@
+"""The per-app state every handler shares: config, routes, upstream client, storage, metrics."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from config.api import Usage
+from config.schema import Config
+from middlewares.metrics import Metrics
+from middlewares.rewrite import ModelTable
+from proxy.fetch import Fetcher
+from proxy.images import Finisher
+from proxy.routing import Router
+from proxy.storage import ImageStore
+from proxy.upstream import Upstream
+
+
+class Gateway:
+    def __init__(self, config: Config, metrics: Metrics, router: Router | None = None,
+                 store: ImageStore | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.models = ModelTable(config)
+        self.router = router or Router(config, metrics)
+        self.upstream = Upstream(config, metrics)
+        self.store = store or ImageStore(config.storage)
+        self.fetcher = Fetcher(config.fetch)
+        self.finisher = Finisher(self.store, self.fetcher)
+        base = config.server.public_base_url
+        self.public_base_url = base.rstrip("/") if base else None
+        self._redis = None
+
+    def count_images(self, model: str, provider: str, count: int, usage: Usage | None) -> None:
+        m = self.metrics
+        m.child(m.images, model, provider).inc(count)
+        if usage is not None:
+            for kind, value in (("input", usage.input_tokens), ("output", usage.output_tokens)):
+                if value:
+                    m.child(m.tokens, model, provider, kind).inc(value)
+
+    async def check_ready(self) -> str | None:
+        if self.config.state.backend != "redis":
+            return None
+        try:
+            import redis.asyncio as redis
+
+            if self._redis is None:
+                self._redis = redis.from_url(self.config.state.redis_url,
+                                             socket_connect_timeout=1, socket_timeout=1)
+            await self._redis.ping()
+        except Exception:  # any failure means "not ready"; the reason names no secret
+            return "redis is unreachable"
+        return None
+
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        """cleanup_ctx: one client session for the app's life, the storage sweeper task."""
+        await self.upstream.start()
+        await self.fetcher.start()
+        sweeper = asyncio.create_task(self.store.sweep_forever())
+        yield
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await self.upstream.close()
+        await self.fetcher.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+
+GATEWAY = web.AppKey("gateway", Gateway)

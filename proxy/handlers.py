@@ -1,0 +1,321 @@
+"""The endpoints: route each request, forward (native) or adapt, and answer in OpenAI's shape."""
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from adapters.base import ImageRequest, InputImage, Operation
+from config.api import ImageEditJSONRequest, ImagesResponse, Model, ModelList
+from config.errors import GatewayError
+from middlewares.auth import allowed_models, check_model_allowed
+from middlewares.keys import IMAGES, MODEL, PROVIDER, ROUTED
+from middlewares.rewrite import Routed, apply_defaults, check_fields, validation_error
+from proxy import forms, images
+from proxy.gateway import GATEWAY, Gateway
+from proxy.relay import relay, rewrite_json
+from proxy.routing import RouteState
+from proxy.upstream import ProviderState
+
+RETRYABLE = frozenset({"upstream_unavailable", "upstream_timeout", "upstream_auth_failed",
+                       "upstream_rate_limited", "upstream_busy"})
+Attempt = Callable[[RouteState, ProviderState], Awaitable[web.StreamResponse]]
+_models_cache: dict[tuple[str, ...], bytes] = {}
+
+
+class EditForm(msgspec.Struct, kw_only=True):
+    """Text fields of a multipart edit, converted from strings (`strict=False`)."""
+
+    prompt: str
+    model: str | None = None
+    n: int | None = None
+    size: str | None = None
+    quality: str | None = None
+    response_format: str | None = None
+    output_format: str | None = None
+    output_compression: int | None = None
+    background: str | None = None
+    input_fidelity: str | None = None
+    moderation: str | None = None
+    partial_images: int | None = None
+    stream: bool | None = None
+    user: str | None = None
+    seed: int | None = None
+
+
+async def dispatch(request: web.Request, public_model: str, attempt: Attempt,
+                   *, replayable: bool = True) -> web.StreamResponse:
+    """Tries the model's routes in order; a streamed body is never sent twice."""
+    gw = request.app[GATEWAY]
+    last: GatewayError | None = None
+    for i, route in enumerate(gw.router.plan(public_model)):
+        state = gw.upstream.providers[route.provider]
+        if i:
+            gw.metrics.child(gw.metrics.retries, route.provider).inc()
+        try:
+            response = await attempt(route, state)
+        except GatewayError as error:
+            if error.code not in RETRYABLE:
+                raise
+            gw.router.failed(route)
+            last = error
+            if not replayable:
+                break
+            continue
+        gw.router.succeeded(route)
+        request[PROVIDER] = route.provider
+        return response
+    assert last is not None
+    raise last
+
+
+def image_request(op: Operation, body: Any, route: RouteState, images_: list[InputImage],
+                  mask: InputImage | None) -> ImageRequest:
+    r = route.route
+    return ImageRequest(
+        operation=op, model=route.model, prompt=body.prompt, n=body.n or 1, size=body.size,
+        quality=body.quality, response_format=body.response_format or "b64_json",
+        output_format=body.output_format, output_compression=body.output_compression,
+        background=body.background, style=getattr(body, "style", None),
+        moderation=body.moderation, input_fidelity=getattr(body, "input_fidelity", None),
+        user=body.user, seed=body.seed, stream=bool(body.stream),
+        partial_images=body.partial_images, images=images_, mask=mask,
+        watermark=r.watermark, image_only=r.image_only,
+    )
+
+
+async def answer_adapted(request: web.Request, route: RouteState, state: ProviderState,
+                         req: ImageRequest) -> web.Response:
+    gw = request.app[GATEWAY]
+    images.check_capabilities(state, req)
+    results, dropped = await images.call_provider(gw.upstream, state, req)
+    generated = [img for r in results for img in r.images]
+    if not generated:
+        raise GatewayError("no_image", "The provider answered without an image.")
+    base = gw.public_base_url or f"{request.scheme}://{request.host}"
+    data = [await gw.finisher.image(img, req, base) for img in generated]
+    created = max(r.created for r in results) or int(time.time())
+    usage = images.sum_usage(results)
+    body = ImagesResponse(created=created, data=data,
+                          usage=usage if usage is not None else msgspec.UNSET)
+    headers = {}
+    if dropped:
+        headers["x-imagegate-dropped-params"] = ",".join(dropped)
+    failed = sum(r.failed for r in results)
+    if failed:
+        headers["x-imagegate-failed-images"] = str(failed)
+    gw.count_images(request[MODEL], route.provider, len(data), usage)
+    request[IMAGES] = len(data)
+    return images.json_response(body, headers)
+
+
+async def generations(request: web.Request) -> web.StreamResponse:
+    routed: Routed = request[ROUTED]
+    body = routed.body
+
+    async def attempt(route: RouteState, state: ProviderState) -> web.StreamResponse:
+        if state.adapter.native:
+            return await forward_json(request, route, "/images/generations")
+        return await answer_adapted(request, route, state,
+                                    image_request("generate", body, route, [], None))
+
+    return await dispatch(request, routed.public_model, attempt)
+
+
+async def forward_json(request: web.Request, route: RouteState, path: str) -> web.StreamResponse:
+    routed: Routed = request[ROUTED]
+    gw = request.app[GATEWAY]
+    raw = routed.raw
+    if routed.rewritten or route.model != routed.public_model:
+        raw = rewrite_json(raw, route.model, routed.defaults)
+    stream = bool(routed.body.stream)
+    async with gw.upstream.attempt(route.provider, route.model, path, data=raw,
+                                   headers={"Content-Type": "application/json"},
+                                   stream=stream) as resp:
+        response = await relay(request, resp, route.provider, stream=stream)
+    if response.status == 200 and not stream:
+        n = routed.body.n or 1
+        gw.count_images(routed.public_model, route.provider, n, None)
+        request[IMAGES] = n
+    return response
+
+
+async def edits(request: web.Request) -> web.StreamResponse:
+    if request.content_type == "application/json":
+        return await json_edit(request)
+    if request.content_type != "multipart/form-data":
+        raise GatewayError("invalid_value", "Send the edit as multipart/form-data or as JSON.")
+    return await multipart_edit(request, "/images/edits", "edit")
+
+
+async def variations(request: web.Request) -> web.StreamResponse:
+    if request.content_type != "multipart/form-data":
+        raise GatewayError("invalid_value", "Send the variation as multipart/form-data.")
+    return await multipart_edit(request, "/images/variations", None)
+
+
+async def json_edit(request: web.Request) -> web.StreamResponse:
+    routed: Routed = request[ROUTED]
+    body: ImageEditJSONRequest = routed.body
+    gw = request.app[GATEWAY]
+    loaded: list[InputImage] | None = None
+    mask: InputImage | None = None
+
+    async def attempt(route: RouteState, state: ProviderState) -> web.StreamResponse:
+        nonlocal loaded, mask
+        if loaded is None:  # checked before the first call, native or not
+            loaded = [await gw.fetcher.load_image(_url(ref, f"images[{i}]"), f"images[{i}]")
+                      for i, ref in enumerate(body.images)]
+            if body.mask is not None:
+                mask = await gw.fetcher.load_image(_url(body.mask, "mask"), "mask")
+        if state.adapter.native:
+            return await forward_json(request, route, "/images/edits")
+        return await answer_adapted(request, route, state,
+                                    image_request("edit", body, route, loaded, mask))
+
+    return await dispatch(request, routed.public_model, attempt)
+
+
+def _url(ref: Any, param: str) -> str:
+    if not ref.image_url:
+        raise GatewayError("invalid_value", f"'{param}.image_url' is required (file_id is not "
+                           "supported by this gateway).", param=f"{param}.image_url")
+    return ref.image_url
+
+
+def parse_form_fields(fields: dict[str, str]) -> EditForm:
+    try:
+        form = msgspec.convert(fields, EditForm, strict=False)
+    except msgspec.ValidationError as exc:
+        raise validation_error(exc) from None
+    if not form.prompt:
+        raise GatewayError("invalid_value", "Missing required parameter: 'prompt'.",
+                           param="prompt")
+    if form.n is not None and not 1 <= form.n <= 10:
+        raise GatewayError("invalid_value", "Invalid value for 'n': it must be between 1 and "
+                           "10.", param="n")
+    _check_choices(form)
+    check_fields(form)
+    return form
+
+
+_CHOICES = {"response_format": ("url", "b64_json"), "output_format": ("png", "jpeg", "webp"),
+            "background": ("transparent", "opaque", "auto"),
+            "quality": ("auto", "low", "medium", "high", "standard", "hd")}
+
+
+def _check_choices(form: EditForm) -> None:
+    for name, choices in _CHOICES.items():
+        value = getattr(form, name)
+        if value is not None and value not in choices:
+            raise GatewayError("invalid_value", f"Invalid value for '{name}': {value!r}.",
+                               param=name)
+    if form.output_compression is not None and not 0 <= form.output_compression <= 100:
+        raise GatewayError("invalid_value", "Invalid value for 'output_compression'.",
+                           param="output_compression")
+
+
+async def multipart_edit(request: web.Request, path: str, op: Operation | None
+                         ) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    form = await forms.read_form(request, gw.config.server.max_request_bytes)
+    try:
+        return await _multipart_edit(request, gw, form, path, op)
+    finally:
+        form.close()
+
+
+async def _multipart_edit(request: web.Request, gw: Gateway, form: forms.Form, path: str,
+                          op: Operation | None) -> web.StreamResponse:
+    if op is None:
+        form.fields.setdefault("prompt", "variation")
+    fields = parse_form_fields(form.fields)
+    public, model_config = gw.models.resolve(fields.model)
+    request[MODEL] = public
+    check_model_allowed(request, public)
+    fields, filled = apply_defaults(fields, model_config.defaults)
+    check = forms.FileCheck(gw.config.server.max_images_per_request)
+
+    async def attempt(route: RouteState, state: ProviderState) -> web.StreamResponse:
+        if state.adapter.native:
+            return await forward_multipart(request, route, form, check, path,
+                                           {k: str(v) for k, v in filled.items()}, fields)
+        if op is None:
+            raise GatewayError("invalid_value", f"The model '{public}' does not support "
+                               "variations.", param="model")
+        images_, mask = await collect(form, check)
+        return await answer_adapted(request, route, state,
+                                    image_request(op, fields, route, images_, mask))
+
+    # a body read from the client as it streams can be sent once; a spooled one could be
+    # replayed, but a partly-consumed spool is not, so edits are never retried
+    return await dispatch(request, public, attempt, replayable=False)
+
+
+async def collect(form: forms.Form, check: forms.FileCheck) -> tuple[list[InputImage], Any]:
+    return await forms.collect_files(form, check)
+
+
+async def forward_multipart(request: web.Request, route: RouteState, form: forms.Form,
+                            check: forms.FileCheck, path: str, filled: dict[str, str],
+                            fields: EditForm) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    extra = dict(filled)
+    if "model" not in form.raw_fields and route.model != "dall-e-2":
+        extra["model"] = route.model
+    headers = {"Content-Type": request.headers["Content-Type"]}
+    length = forms.forward_length(form, route.model, extra)
+    if length is not None:
+        headers["Content-Length"] = str(length)  # some upstreams refuse chunked uploads
+    body = forms.forward_body(form, check, route.model, extra)
+    stream = bool(fields.stream)
+    try:
+        async with gw.upstream.attempt(route.provider, route.model, path, data=body,
+                                       headers=headers, stream=stream) as resp:
+            response = await relay(request, resp, route.provider, stream=stream)
+    except GatewayError:
+        if check.error is not None:
+            raise check.error from None
+        raise
+    if check.error is not None:
+        raise check.error
+    if response.status == 200 and not stream:
+        gw.count_images(request[MODEL], route.provider, fields.n or 1, None)
+        request[IMAGES] = fields.n or 1
+    return response
+
+
+async def list_models(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    names = tuple(allowed_models(request, gw.models.public))
+    body = _models_cache.get(names)
+    if body is None:
+        body = _models_cache[names] = msgspec.json.encode(
+            ModelList(data=[Model(id=n) for n in names]))
+    return web.Response(body=body, content_type="application/json")
+
+
+async def hosted_file(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    found = gw.store.open(request.match_info["name"], request.query.get("expires", ""),
+                          request.query.get("sig", ""))
+    if found is None:
+        raise GatewayError("not_found", "This image link is invalid or has expired.")
+    path, ctype = found
+    return web.FileResponse(path, headers={"Content-Type": ctype,
+                                           "Cache-Control": "private, max-age=300"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    problem = await gw.check_ready()
+    if problem:
+        return web.json_response({"status": "unavailable", "reason": problem}, status=503)
+    return web.json_response({"status": "ready"})

@@ -1,0 +1,149 @@
+"""Adapted routes: n fan-out, provider calls, then answers normalised (format, url/b64, usage)."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+from collections.abc import Sequence
+
+import msgspec
+from aiohttp import web
+from PIL import Image as PILImage
+
+from adapters.base import GeneratedImage, ImageRequest, ProviderResult, UpstreamResponse, sniff_mime
+from config.api import Image, ImagesResponse, Usage
+from config.errors import GatewayError
+from proxy.fetch import Fetcher
+from proxy.storage import ImageStore
+from proxy.upstream import ProviderState, Upstream
+
+MIMES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
+MAX_ERROR_BODY = 64 * 1024
+_encode = msgspec.json.Encoder().encode
+
+
+def check_capabilities(state: ProviderState, req: ImageRequest) -> None:
+    caps, model = state.adapter.capabilities, req.model
+    if req.operation == "edit" and not caps.edit:
+        raise GatewayError("invalid_value", f"The model '{model}' does not support image "
+                           "editing.", param="image")
+    if req.operation == "generate" and not caps.generate:
+        raise GatewayError("invalid_value", f"The model '{model}' needs an input image.",
+                           param="image")
+    if req.mask is not None and not caps.mask:
+        raise GatewayError("invalid_value", f"The model '{model}' cannot apply a mask.",
+                           param="mask")
+    if len(req.images) > caps.max_input_images:
+        raise GatewayError("invalid_value", f"The model '{model}' takes at most "
+                           f"{caps.max_input_images} input images.", param="image")
+    if req.stream:
+        raise GatewayError("invalid_value", f"Streaming is not available for the model "
+                           f"'{model}' yet.", param="stream")
+
+
+def split_n(n: int, per_call: int) -> list[int]:
+    full, rest = divmod(n, per_call)
+    return [per_call] * full + ([rest] if rest else [])
+
+
+async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequest
+                        ) -> tuple[list[ProviderResult], tuple[str, ...]]:
+    adapter = state.adapter
+    if adapter.render is not None:
+        return [await asyncio.to_thread(adapter.render, req)], ()
+    assert adapter.encode_request is not None and adapter.decode_response is not None
+    encoded = [adapter.encode_request(msgspec.structs.replace(req, n=k))
+               for k in split_n(req.n, adapter.capabilities.images_per_call)]
+
+    async def one(up) -> ProviderResult:  # type: ignore[no-untyped-def]
+        headers = {"Content-Type": up.content_type, **up.headers}
+        async with upstream.attempt(state.name, req.model, up.path, data=up.body,
+                                    headers=headers, method=up.method) as resp:
+            body = await resp.read()
+            received = UpstreamResponse(status=resp.status, body=body,
+                                        headers={k.lower(): v for k, v in resp.headers.items()},
+                                        received_at=int(time.time()))
+        return adapter.decode_response(received)  # type: ignore[misc]
+
+    outcomes = await asyncio.gather(*(one(up) for up in encoded), return_exceptions=True)
+    results = [o for o in outcomes if isinstance(o, ProviderResult)]
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    for error in errors:
+        if not isinstance(error, Exception):
+            raise error
+    if not results:
+        raise errors[0]
+    lost = sum(split_n(req.n, adapter.capabilities.images_per_call)[i]
+               for i, o in enumerate(outcomes) if isinstance(o, BaseException))
+    if lost:
+        results[0].failed += lost
+    return results, encoded[0].dropped
+
+
+def transcode(data: bytes, mime: str, fmt: str | None, compression: int | None) -> tuple[bytes, str]:
+    """Re-encodes to the asked format with Pillow when the provider made another one."""
+    target = MIMES.get(fmt or "", mime)
+    if target == mime and compression is None:
+        return data, mime
+    with PILImage.open(io.BytesIO(data)) as im:
+        im.load()
+        if target == "image/jpeg" and im.mode not in ("RGB", "L"):
+            rgba = im.convert("RGBA")
+            im = PILImage.new("RGB", rgba.size, (255, 255, 255))
+            im.paste(rgba, mask=rgba.getchannel("A"))
+        out = io.BytesIO()
+        options = {} if target == "image/png" else {"quality": min(compression or 95, 95)}
+        im.save(out, PIL_FORMATS[target], **options)
+    return out.getvalue(), target
+
+
+class Finisher:
+    """Turns provider images into what the client asked for: format, then b64_json or url."""
+
+    def __init__(self, store: ImageStore, fetcher: Fetcher) -> None:
+        self.store, self.fetcher = store, fetcher
+
+    async def image(self, img: GeneratedImage, req: ImageRequest, base_url: str) -> Image:
+        if img.b64_json is not None:
+            data = base64.b64decode(img.b64_json)
+        else:
+            data = await self.fetcher.fetch(img.url or "", "provider image")
+        mime = sniff_mime(data[:16]) or img.mime or "image/png"
+        wanted = MIMES.get(req.output_format or "", mime)
+        if wanted != mime or (req.output_compression is not None and wanted != "image/png"):
+            data, mime = await asyncio.to_thread(transcode, data, mime, req.output_format,
+                                                 req.output_compression)
+        revised = img.revised_prompt if img.revised_prompt else msgspec.UNSET
+        if req.response_format == "url":
+            name, query = await asyncio.to_thread(self.store.save, data, mime)
+            return Image(url=f"{base_url}/v1/images/files/{name}?{query}", revised_prompt=revised)
+        return Image(b64_json=base64.b64encode(data).decode(), revised_prompt=revised)
+
+
+def sum_usage(results: Sequence[ProviderResult]) -> Usage | None:
+    usages = [r.usage for r in results if r.usage is not None]
+    if not usages:
+        return None
+    total = Usage()
+    for u in usages:
+        total.input_tokens += u.input_tokens
+        total.output_tokens += u.output_tokens
+        total.total_tokens += u.total_tokens
+        for name in ("input_tokens_details", "output_tokens_details"):
+            detail = getattr(u, name)
+            if detail is not msgspec.UNSET:
+                merged = getattr(total, name) or {}
+                merged = {} if merged is msgspec.UNSET else merged
+                for k, v in detail.items():
+                    merged[k] = merged.get(k, 0) + v
+                setattr(total, name, merged)
+        if u.generated_images is not msgspec.UNSET:
+            prev = 0 if total.generated_images is msgspec.UNSET else total.generated_images
+            total.generated_images = prev + u.generated_images
+    return total
+
+
+def json_response(body: ImagesResponse, headers: dict[str, str]) -> web.Response:
+    return web.Response(body=_encode(body), content_type="application/json", headers=headers)

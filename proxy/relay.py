@@ -1,0 +1,86 @@
+"""OpenAI-native routes: bodies forwarded as bytes, answers and event streams relayed."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from adapters.base import safe_message, status_error
+from config.api import ErrorEnvelope
+from config.errors import GatewayError
+
+RELAY_WHOLE_BYTES = 4 * 1024 * 1024  # answers up to this are read whole; larger ones stream
+RELAYED_HEADERS = ("content-type", "openai-processing-ms", "retry-after",
+                   "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                   "x-ratelimit-reset-requests")
+_raw_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_encode = msgspec.json.Encoder().encode
+_error_view = msgspec.json.Decoder(ErrorEnvelope)
+
+
+def rewrite_json(raw: bytes, model: str, defaults: Mapping[str, Any]) -> bytes:
+    """The client's JSON with `model` set and defaults added; other values stay as sent."""
+    fields = _raw_object.decode(raw)
+    for name, value in defaults.items():
+        fields[name] = msgspec.Raw(_encode(value))
+    fields["model"] = msgspec.Raw(_encode(model))
+    return _encode(fields)
+
+
+def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
+    return {h: resp.headers[h] for h in RELAYED_HEADERS if h in resp.headers}
+
+
+async def raise_for_upstream(resp: aiohttp.ClientResponse, provider: str) -> None:
+    """Errors the gateway answers itself (and may retry elsewhere); others are relayed."""
+    status = resp.status
+    if status < 400 or (status < 500 and status not in (401, 403, 429)):
+        return
+    retry_after = resp.headers.get("retry-after")
+    message = ""
+    if status == 429:
+        try:
+            envelope = _error_view.decode(await resp.read())
+            message = safe_message(envelope.error.message)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+        if "quota" in message.lower() and "exceeded your current quota" in message.lower():
+            raise GatewayError("insufficient_quota", message)
+    error = status_error(status, message, retry_after=retry_after)
+    if error.code == "upstream_unavailable":
+        error.message = f"The provider '{provider}' failed (HTTP {status})."
+    raise error
+
+
+async def relay(request: web.Request, resp: aiohttp.ClientResponse, provider: str,
+                *, stream: bool) -> web.StreamResponse:
+    await raise_for_upstream(resp, provider)
+    headers = _headers(resp)
+    if resp.status >= 400:
+        return await _relay_error(resp, headers)
+    ctype = resp.headers.get("content-type", "")
+    length = resp.content_length
+    if not stream and not ctype.startswith("text/event-stream") and (
+        length is not None and length <= RELAY_WHOLE_BYTES
+    ):
+        return web.Response(status=resp.status, body=await resp.read(), headers=headers)
+    out = web.StreamResponse(status=resp.status, headers=headers)
+    if length is not None and not ctype.startswith("text/event-stream"):
+        out.content_length = length
+    await out.prepare(request)
+    async for chunk in resp.content.iter_any():  # events go out as they arrive
+        await out.write(chunk)
+    await out.write_eof()
+    return out
+
+
+async def _relay_error(resp: aiohttp.ClientResponse, headers: dict[str, str]) -> web.Response:
+    body = await resp.read()
+    try:
+        _error_view.decode(body)  # OpenAI-shaped: relay as it is
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise status_error(resp.status, "The provider rejected the request.") from None
+    return web.Response(status=resp.status, body=body, headers=headers)

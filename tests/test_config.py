@@ -1,0 +1,92 @@
+"""The config loader: strict keys, ${VAR} expansion, errors that name their path, the CLI."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config.loader import ConfigError, load_config, parse_config
+from proxy.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def error_of(data: dict, env: dict | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env=env or {})
+    return str(info.value)
+
+
+def test_bundled_default_serves_local_under_openai_names() -> None:
+    config = load_config()
+    assert {"local", "gpt-image-1", "dall-e-2", "dall-e-3"} <= set(config.models)
+    assert {p.type for p in config.providers.values()} == {"local"}
+    assert not config.auth.keys
+
+
+def test_unknown_provider_names_its_path() -> None:
+    msg = error_of({"providers": {"a": {"type": "local"}},
+                    "models": {"x": {"routes": [{"provider": "y"}]}}})
+    assert msg == "models.x.routes[0].provider: unknown provider 'y'"
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"servr": {}}, "unknown key `servr`"),
+    ({"server": {"prot": 1}}, "server: unknown key `prot`"),
+    ({"providers": {"o": {"type": "openai", "api_key": "k", "base_ur": "x"}}},
+     "providers.o: unknown key `base_ur`"),
+    ({"providers": {"o": {"type": "ark2", "api_key": "k"}}}, "providers.o.type: Invalid value"),
+    ({"providers": {"l": {"type": "local"}},
+      "models": {"m": {"routes": [{"provider": "l", "priority": "high"}]}}},
+     "models.m.routes[0].priority: Expected `int`, got `str`"),
+    ({"server": {"port": 70000}}, "server.port: Expected `int` <= 65535"),
+    ({"auth": {"keys": [{"id": "a"}]}}, "auth.keys[0]: exactly one of key or key_sha256"),
+])
+def test_bad_configs_name_the_path(data: dict, expected: str) -> None:
+    assert error_of(data).startswith(expected)
+
+
+def test_env_vars_expand_with_defaults_and_types() -> None:
+    data = {"server": {"port": "${PORT}", "host": "${HOST:-0.0.0.0}"},
+            "providers": {"o": {"type": "openai", "api_key": "${KEY}"}}}
+    config = parse_config(data, env={"PORT": "9001", "KEY": "sk-1"})
+    assert config.server.port == 9001 and config.server.host == "0.0.0.0"
+    assert config.providers["o"].api_key == "sk-1"
+    assert "sk-1" not in repr(config.providers["o"])
+
+
+def test_missing_env_var_is_named() -> None:
+    msg = error_of({"providers": {"o": {"type": "openai", "api_key": "${OPENAI_KEY}"}}})
+    assert msg == "providers.o.api_key: environment variable OPENAI_KEY is not set"
+
+
+def test_check_config_prints_routes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("providers: {l: {type: local}}\nmodels:\n  pics: {routes: [{provider: l}]}\n")
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "pics" in out and "local" in out
+
+
+def test_check_config_fails_with_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("providers: {l: {type: local}}\nmodels:\n  x: {routes: [{provider: y}]}\n")
+    assert main(["check-config", str(path)]) == 1
+    assert "models.x.routes[0].provider: unknown provider 'y'" in capsys.readouterr().err
+
+
+def test_hash_key_and_python_dash_m() -> None:
+    out = subprocess.run([sys.executable, "-m", "proxy", "hash-key", "abc"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "config/examples").glob("*.yaml")))
+def test_bundled_examples_load(name: str) -> None:
+    env = {k: "x" for k in ("OPENAI_API_KEY", "ARK_API_KEY", "OPENROUTER_API_KEY",
+                            "GEMINI_API_KEY", "ZAI_API_KEY", "TEAM_A_KEY")}
+    import yaml
+
+    parse_config(yaml.safe_load((ROOT / "config/examples" / name).read_text()), env=env)

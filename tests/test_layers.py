@@ -1,0 +1,46 @@
+"""DESIGN's dependency direction, checked by walking every module's imports."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("config", "adapters", "middlewares", "proxy")
+ALLOWED = {
+    "config": {"config"},
+    "adapters": {"adapters", "config"},
+    "middlewares": {"middlewares", "config"},
+    "proxy": {"proxy", "middlewares", "adapters", "config"},
+}
+FORBIDDEN_THIRD_PARTY = {"adapters": {"aiohttp", "structlog", "prometheus_client", "redis"},
+                         "config": {"aiohttp", "structlog", "prometheus_client", "PIL"}}
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def modules() -> list[tuple[str, Path]]:
+    return [(pkg, p) for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))]
+
+
+@pytest.mark.parametrize(("package", "path"), modules(), ids=lambda v: str(v))
+def test_imports_follow_the_dependency_direction(package: str, path: Path) -> None:
+    found = imports_of(path)
+    internal = found & set(PACKAGES)
+    assert internal <= ALLOWED[package], f"{path.name} imports {internal - ALLOWED[package]}"
+    banned = found & FORBIDDEN_THIRD_PARTY.get(package, set())
+    assert not banned, f"{path.name} imports {banned}"
+
+
+def test_every_package_is_checked() -> None:
+    assert {pkg for pkg, _ in modules()} == set(PACKAGES)

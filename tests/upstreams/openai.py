@@ -1,0 +1,161 @@
+"""A mock OpenAI Images API on loopback: records what it received, answers in OpenAI's format."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from PIL import Image
+
+API_KEY = "sk-upstream-secret"
+
+
+def png_bytes(color: tuple[int, int, int] = (10, 120, 200), size: int = 64) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(out, "PNG")
+    return out.getvalue()
+
+
+PNG = png_bytes()
+PNG_B64 = base64.b64encode(PNG).decode()
+
+
+@dataclass
+class Part:
+    name: str
+    filename: str | None
+    content_type: str | None
+    size: int
+    sha256: str
+    text: str | None = None
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any = None
+    parts: list[Part] = field(default_factory=list)
+    body_size: int = 0
+
+
+@dataclass
+class Recorder:
+    requests: list[Received] = field(default_factory=list)
+    mode: str = "ok"  # ok | url | policy | auth | rate_limit | quota | server_error | slow
+    delay_s: float = 0.0
+    image_b64: str = PNG_B64
+
+    @property
+    def last(self) -> Received:
+        return self.requests[-1]
+
+
+def _error(status: int, message: str, type_: str, code: str | None,
+           headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+FAULTS = {
+    "policy": lambda: _error(400, "Your request was rejected by the safety system.",
+                             "image_generation_user_error", "moderation_blocked"),
+    "auth": lambda: _error(401, f"Incorrect API key provided: {API_KEY[:6]}***.",
+                           "invalid_request_error", "invalid_api_key"),
+    "rate_limit": lambda: _error(429, "Rate limit exceeded for images per minute.", "requests",
+                                 "rate_limit_exceeded", {"retry-after": "7"}),
+    "quota": lambda: _error(429, "You exceeded your current quota, please check your plan and "
+                            "billing details.", "insufficient_quota", "insufficient_quota"),
+    "server_error": lambda: _error(500, "The server had an error while processing your "
+                                   "request.", "server_error", None),
+}
+
+
+async def _read_parts(request: web.Request) -> list[Part]:
+    parts = []
+    reader = await request.multipart()
+    async for part in reader:
+        data = await part.read(decode=False)
+        text = data.decode() if part.filename is None else None
+        parts.append(Part(part.name or "", part.filename,
+                          part.headers.get("Content-Type"), len(data),
+                          hashlib.sha256(data).hexdigest(), text))
+    return parts
+
+
+def make_app(recorder: Recorder) -> web.Application:
+    async def images(request: web.Request) -> web.StreamResponse:
+        received = Received(request.method, request.path, dict(request.headers))
+        if request.content_type == "multipart/form-data":
+            received.parts = await _read_parts(request)
+            fields = {p.name: p.text for p in received.parts if p.text is not None}
+            bad = [p for p in received.parts if p.filename and p.content_type ==
+                   "application/octet-stream"]
+            if bad:
+                recorder.requests.append(received)
+                return _error(400, "Invalid file 'image': unsupported mimetype.",
+                              "invalid_request_error", "unsupported_file_mimetype")
+        else:
+            raw = await request.read()
+            received.body_size = len(raw)
+            received.json = fields = json.loads(raw)
+        recorder.requests.append(received)
+        if request.headers.get("Authorization") != f"Bearer {API_KEY}":
+            return FAULTS["auth"]()
+        if recorder.delay_s:
+            await asyncio.sleep(recorder.delay_s)
+        if recorder.mode in FAULTS:
+            return FAULTS[recorder.mode]()
+        if str(fields.get("stream")).lower() == "true":
+            return await _stream(request, recorder)
+        n = int(fields.get("n") or 1)
+        if recorder.mode == "url":
+            base = f"http://{request.host}/files/x.png"
+            data = [{"url": f"{base}?i={i}", "revised_prompt": "a revised prompt"} for i in range(n)]
+        else:
+            data = [{"b64_json": recorder.image_b64} for _ in range(n)]
+        return web.json_response({
+            "created": 1713833628, "data": data, "output_format": "png",
+            "usage": {"input_tokens": 50, "output_tokens": 4160, "total_tokens": 4210,
+                      "input_tokens_details": {"image_tokens": 40, "text_tokens": 10}},
+        })
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        return await _stream(request, recorder)
+
+    async def file(request: web.Request) -> web.Response:
+        return web.Response(body=PNG, content_type="image/png")
+
+    app = web.Application(client_max_size=200 * 1024 * 1024)
+    app.router.add_post("/images/generations", images)
+    app.router.add_post("/images/edits", images)
+    app.router.add_post("/images/variations", images)
+    app.router.add_get("/files/x.png", file)
+    return app
+
+
+async def _stream(request: web.Request, recorder: Recorder) -> web.StreamResponse:
+    kind = "image_edit" if request.path.endswith("edits") else "image_generation"
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    events = [
+        {"type": f"{kind}.partial_image", "b64_json": recorder.image_b64, "created_at": 1,
+         "size": "1024x1024", "quality": "high", "background": "opaque", "output_format": "png",
+         "partial_image_index": 0},
+        {"type": f"{kind}.completed", "b64_json": recorder.image_b64, "created_at": 1,
+         "size": "1024x1024", "quality": "high", "background": "opaque", "output_format": "png",
+         "usage": {"total_tokens": 10, "input_tokens": 5, "output_tokens": 5,
+                   "input_tokens_details": {"text_tokens": 5, "image_tokens": 0}}},
+    ]
+    for event in events:
+        frame = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+        await resp.write(frame.encode())
+        await asyncio.sleep(0.01)
+    await resp.write_eof()
+    return resp
