@@ -113,16 +113,13 @@ class Adapter:
 
 # --- policies -------------------------------------------------------------------------------
 
-_UNSET_VALUES = (None, False, "auto")
-
-
 def apply_policy(req: ImageRequest, policy: Mapping[str, Policy]) -> tuple[str, ...]:
     """Names the params the provider cannot honour: REJECT raises 400, DROP is reported back."""
     dropped = []
     for name, action in policy.items():
         value = getattr(req, name)
-        if value in _UNSET_VALUES or value == []:
-            continue
+        if value is None or value is False or value == "auto" or value == []:
+            continue  # 0 is a real value (seed=0, output_compression=0): compared by identity
         if action == REJECT:
             raise GatewayError(
                 "invalid_value",
@@ -199,12 +196,14 @@ def safe_message(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def status_error(status: int, message: str, *, param: str | None = None,
-                 retry_after: str | None = None) -> GatewayError:
+def status_error(
+    status: int, message: str, *, param: str | None = None, retry_after: str | None = None
+) -> GatewayError:
     """The DESIGN table's answer to a provider's HTTP status (messages already made safe)."""
     headers = {"retry-after": retry_after} if retry_after else None
     if status in (401, 403):
-        return GatewayError("upstream_auth_failed", "The provider rejected the gateway's credentials.")
+        return GatewayError("upstream_auth_failed",
+                            "The provider rejected the gateway's credentials.")
     if status == 402:
         return GatewayError("insufficient_quota", "The provider account is out of credit.")
     if status == 429:

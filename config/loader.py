@@ -100,7 +100,8 @@ def _cross_check(config: Config) -> None:
         for j, alias in enumerate([name, *model.aliases]):
             where = f"models.{name}" if j == 0 else f"models.{name}.aliases[{j - 1}]"
             if alias in seen_names:
-                raise ConfigError(where, f"model name {alias!r} is already used by {seen_names[alias]}")
+                raise ConfigError(where, f"model name {alias!r} is already used by "
+                                  f"{seen_names[alias]}")
             seen_names[alias] = f"models.{name}"
     ids: set[str] = set()
     for i, key in enumerate(config.auth.keys):

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, multiprocess as prom_multiprocess
+from prometheus_client import CollectorRegistry
+from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from config.schema import Config

@@ -82,7 +82,7 @@ def print_routes(config: Any) -> None:
                          str(r.priority), f"{r.weight:g}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
     keys = len(config.auth.keys)
     print(f"\n{len(config.models)} models, {len(config.providers)} providers, {keys} API keys"
           + ("" if keys else " (open gateway)"))

@@ -6,7 +6,6 @@ import binascii
 import ipaddress
 import socket
 
-
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
@@ -125,7 +124,10 @@ class Fetcher:
 
     async def load_image(self, url: str, param: str) -> InputImage:
         """A data URL or a safe http(s) download, checked to be a real image."""
-        data = decode_data_url(url, param) if url.startswith("data:") else await self.fetch(url, param)
+        if url.startswith("data:"):
+            data = decode_data_url(url, param)
+        else:
+            data = await self.fetch(url, param)
         mime = sniff_mime(data[:16])
         if not data or mime not in ("image/png", "image/jpeg", "image/webp"):
             raise GatewayError("invalid_value", f"'{param}' is not a PNG, JPEG or WebP image.",

@@ -83,8 +83,9 @@ class _Fields:
             self.text[self.current.name] = raw.decode("utf-8", "replace")
 
 
-async def read_form(request: web.Request, max_bytes: int) -> Form:
-    """Reads text fields up to the first file; spools to disk if `model` comes after a file."""
+async def read_form(request: web.Request, max_bytes: int,
+                    needed: tuple[str, ...] = ("model", "prompt")) -> Form:
+    """Reads text fields up to the first file; spools to disk when a needed field comes later."""
     boundary = boundary_of(request.headers.get("Content-Type", ""))
     length = request.content_length
     if length is not None and length > max_bytes:
@@ -95,7 +96,7 @@ async def read_form(request: web.Request, max_bytes: int) -> Form:
     fields = _Fields()
     async for ev in events:
         seen.append(ev)
-        if ev.kind == "part" and is_file(ev.part) and "model" not in fields.text:
+        if ev.kind == "part" and is_file(ev.part) and not all(n in fields.text for n in needed):
             return await _spool(boundary, seen, events, fields)
         if ev.kind == "part" and is_file(ev.part):
             return Form(boundary, fields.text, fields.raw, _chain(seen, events), length,

@@ -26,7 +26,7 @@ class Gateway:
         self.models = ModelTable(config)
         self.router = router or Router(config, metrics)
         self.upstream = Upstream(config, metrics)
-        self.store = store or ImageStore(config.storage)
+        self.store = store or ImageStore(config.storage, redis_url=config.state.redis_url)
         self.fetcher = Fetcher(config.fetch)
         self.finisher = Finisher(self.store, self.fetcher)
         base = config.server.public_base_url
@@ -66,6 +66,7 @@ class Gateway:
             await sweeper
         await self.upstream.close()
         await self.fetcher.close()
+        await self.store.close()
         if self._redis is not None:
             await self._redis.aclose()
 

@@ -221,7 +221,8 @@ def _check_choices(form: EditForm) -> None:
 async def multipart_edit(request: web.Request, path: str, op: Operation | None
                          ) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    form = await forms.read_form(request, gw.config.server.max_request_bytes)
+    needed = ("model", "prompt") if op is not None else ("model",)
+    form = await forms.read_form(request, gw.config.server.max_request_bytes, needed)
     try:
         return await _multipart_edit(request, gw, form, path, op)
     finally:
@@ -300,13 +301,15 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def hosted_file(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    found = gw.store.open(request.match_info["name"], request.query.get("expires", ""),
-                          request.query.get("sig", ""))
+    found = await gw.store.open(request.match_info["name"], request.query.get("expires", ""),
+                                request.query.get("sig", ""))
     if found is None:
         raise GatewayError("not_found", "This image link is invalid or has expired.")
-    path, ctype = found
-    return web.FileResponse(path, headers={"Content-Type": ctype,
-                                           "Cache-Control": "private, max-age=300"})
+    image, ctype = found
+    headers = {"Content-Type": ctype, "Cache-Control": "private, max-age=300"}
+    if isinstance(image, bytes):
+        return web.Response(body=image, headers=headers)
+    return web.FileResponse(image, headers=headers)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -82,7 +82,8 @@ async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequ
     return results, encoded[0].dropped
 
 
-def transcode(data: bytes, mime: str, fmt: str | None, compression: int | None) -> tuple[bytes, str]:
+def transcode(data: bytes, mime: str, fmt: str | None,
+              compression: int | None) -> tuple[bytes, str]:
     """Re-encodes to the asked format with Pillow when the provider made another one."""
     target = MIMES.get(fmt or "", mime)
     if target == mime and compression is None:
@@ -117,7 +118,7 @@ class Finisher:
                                                  req.output_compression)
         revised = img.revised_prompt if img.revised_prompt else msgspec.UNSET
         if req.response_format == "url":
-            name, query = await asyncio.to_thread(self.store.save, data, mime)
+            name, query = await self.store.save(data, mime)
             return Image(url=f"{base_url}/v1/images/files/{name}?{query}", revised_prompt=revised)
         return Image(b64_json=base64.b64encode(data).decode(), revised_prompt=revised)
 

@@ -30,7 +30,8 @@ class Router:
         self.max_attempts = config.routing.max_attempts
         self.clock, self.rng, self.metrics = clock, rng or random.Random(), metrics
         self.routes = {
-            name: [RouteState(name, r) for r in model.routes] for name, model in config.models.items()
+            name: [RouteState(name, r) for r in model.routes]
+            for name, model in config.models.items()
         }
         for states in self.routes.values():
             for s in states:

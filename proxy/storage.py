@@ -1,4 +1,4 @@
-"""Hosted images for response_format=url: files on disk behind signed, expiring links."""
+"""Hosted images for response_format=url: signed, expiring links over files or Redis."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -18,42 +19,23 @@ from config.schema import StorageConfig
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp", "image/gif": "gif"}
 CONTENT_TYPES = {ext: mime for mime, ext in EXTENSIONS.items()}
 NAME = re.compile(r"[A-Za-z0-9_-]{22,64}\.(png|jpeg|webp|gif)")
+REDIS_PREFIX = "imagegate:image:"
 log = structlog.get_logger("imagegate.storage")
 
 
-class ImageStore:
-    def __init__(self, config: StorageConfig, clock: Callable[[], float] = time.time) -> None:
-        self.root = Path(config.path).resolve()
-        self.ttl_s = config.ttl_s
-        self.secret = (config.signing_secret or secrets.token_hex(32)).encode()
-        self.clock = clock
+class FileBackend:
+    def __init__(self, path: str, ttl_s: float, clock: Callable[[], float]) -> None:
+        self.root, self.ttl_s, self.clock = Path(path).resolve(), ttl_s, clock
 
-    def _sign(self, name: str, expires: int) -> str:
-        msg = f"{name}:{expires}".encode()
-        return hmac.new(self.secret, msg, hashlib.sha256).hexdigest()[:32]
-
-    def save(self, data: bytes, mime: str) -> tuple[str, str]:
-        """Writes the image; returns (name, query string) for the signed link."""
-        name = f"{secrets.token_urlsafe(18)}.{EXTENSIONS.get(mime, 'png')}"
+    def put(self, name: str, data: bytes) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".{name}.tmp"
         tmp.write_bytes(data)
         os.replace(tmp, self.root / name)
-        expires = int(self.clock() + self.ttl_s)
-        return name, f"expires={expires}&sig={self._sign(name, expires)}"
 
-    def open(self, name: str, expires: str, sig: str) -> tuple[Path, str] | None:
-        """The file and its content type for a valid, unexpired link, else None."""
-        if not NAME.fullmatch(name) or not expires.isdigit():
-            return None
-        if not hmac.compare_digest(self._sign(name, int(expires)), sig):
-            return None
-        if int(expires) < self.clock():
-            return None
-        path = self.root / name
-        if not path.is_file():
-            return None
-        return path, CONTENT_TYPES[name.rsplit(".", 1)[1]]
+    def get(self, name: str) -> Path | None:
+        path = self.root / name  # `name` matched NAME: no separators, no dots but the suffix
+        return path if path.is_file() else None
 
     def sweep(self) -> int:
         """Removes files older than the TTL; returns how many."""
@@ -69,10 +51,81 @@ class ImageStore:
                 continue
         return removed
 
+
+class RedisBackend:
+    """Images shared by every gateway machine; Redis expires them itself."""
+
+    def __init__(self, url: str, ttl_s: float) -> None:
+        import redis.asyncio as redis
+
+        self.client: Any = redis.from_url(url)
+        self.ttl_s = ttl_s
+
+    async def put(self, name: str, data: bytes) -> None:
+        await self.client.set(REDIS_PREFIX + name, data, ex=max(1, int(self.ttl_s)))
+
+    async def get(self, name: str) -> bytes | None:
+        data: bytes | None = await self.client.get(REDIS_PREFIX + name)
+        return data
+
+
+class ImageStore:
+    def __init__(self, config: StorageConfig, clock: Callable[[], float] = time.time,
+                 redis_url: str | None = None) -> None:
+        self.ttl_s = config.ttl_s
+        self.secret = (config.signing_secret or secrets.token_hex(32)).encode()
+        self.clock = clock
+        self.files: FileBackend | None = None
+        self.redis: RedisBackend | None = None
+        if config.backend == "redis":
+            self.redis = RedisBackend(redis_url or "redis://127.0.0.1:6379/0", config.ttl_s)
+        else:
+            self.files = FileBackend(config.path, config.ttl_s, clock)
+
+    def _sign(self, name: str, expires: int) -> str:
+        msg = f"{name}:{expires}".encode()
+        return hmac.new(self.secret, msg, hashlib.sha256).hexdigest()[:32]
+
+    async def save(self, data: bytes, mime: str) -> tuple[str, str]:
+        """Stores the image; returns (name, query string) of its signed link."""
+        name = f"{secrets.token_urlsafe(18)}.{EXTENSIONS.get(mime, 'png')}"
+        if self.redis is not None:
+            await self.redis.put(name, data)
+        else:
+            assert self.files is not None
+            await asyncio.to_thread(self.files.put, name, data)
+        expires = int(self.clock() + self.ttl_s)
+        return name, f"expires={expires}&sig={self._sign(name, expires)}"
+
+    def verify(self, name: str, expires: str, sig: str) -> bool:
+        if not NAME.fullmatch(name) or not expires.isdigit() or len(expires) > 12:
+            return False
+        if not hmac.compare_digest(self._sign(name, int(expires)), sig):
+            return False
+        return int(expires) >= self.clock()
+
+    async def open(self, name: str, expires: str, sig: str) -> tuple[Path | bytes, str] | None:
+        """The image (a path or bytes) and its type for a valid, unexpired link, else None."""
+        if not self.verify(name, expires, sig):
+            return None
+        ctype = CONTENT_TYPES[name.rsplit(".", 1)[1]]
+        if self.redis is not None:
+            data = await self.redis.get(name)
+            return (data, ctype) if data is not None else None
+        assert self.files is not None
+        path = self.files.get(name)
+        return (path, ctype) if path is not None else None
+
     async def sweep_forever(self) -> None:
+        if self.files is None:
+            return  # Redis expires keys itself
         interval = max(1.0, min(self.ttl_s / 4, 300.0))
         while True:
             await asyncio.sleep(interval)
-            removed = await asyncio.to_thread(self.sweep)
+            removed = await asyncio.to_thread(self.files.sweep)
             if removed:
                 log.info("storage_swept", removed=removed)
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.client.aclose()

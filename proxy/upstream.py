@@ -23,7 +23,7 @@ log = structlog.get_logger("imagegate.upstream")
 def map_upstream_errors(provider: str) -> Iterator[None]:
     try:
         yield
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise GatewayError("upstream_timeout", f"The provider '{provider}' timed out.") from exc
     except aiohttp.ClientError as exc:
         raise GatewayError(

@@ -38,7 +38,7 @@ async def sample_body() -> bytes:
 
 
 async def chunks(body: bytes, cuts: list[int]) -> AsyncIterator[bytes]:
-    for a, b in zip([0, *cuts], [*cuts, len(body)]):
+    for a, b in zip([0, *cuts], [*cuts, len(body)], strict=False):
         yield body[a:b]
 
 

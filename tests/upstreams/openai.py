@@ -117,7 +117,8 @@ def make_app(recorder: Recorder) -> web.Application:
         n = int(fields.get("n") or 1)
         if recorder.mode == "url":
             base = f"http://{request.host}/files/x.png"
-            data = [{"url": f"{base}?i={i}", "revised_prompt": "a revised prompt"} for i in range(n)]
+            data = [{"url": f"{base}?i={i}", "revised_prompt": "a revised prompt"}
+                    for i in range(n)]
         else:
             data = [{"b64_json": recorder.image_b64} for _ in range(n)]
         return web.json_response({

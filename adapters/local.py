@@ -1,0 +1,244 @@
+"""The offline `local` provider: deterministic Pillow images from the prompt, real masked edits."""
+from __future__ import annotations
+
+import base64
+import colorsys
+import hashlib
+import io
+import random
+import textwrap
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from adapters.base import (
+    Adapter,
+    Capabilities,
+    GeneratedImage,
+    ImageRequest,
+    InputImage,
+    ProviderResult,
+    parse_size,
+)
+from config.errors import GatewayError
+
+CAPABILITIES = Capabilities(
+    generate=True, edit=True, mask=True, images_per_call=10, max_input_images=16
+)
+FORMATS: dict[str, tuple[str, str]] = {  # output_format -> (Pillow format, mime)
+    "png": ("PNG", "image/png"),
+    "jpeg": ("JPEG", "image/jpeg"),
+    "webp": ("WEBP", "image/webp"),
+}
+# What the proxy sniffs; also keeps Pillow's riskier openers (EPS runs Ghostscript) out of reach.
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+DEFAULT_SIZE = (1024, 1024)
+MAX_SIDE = 4096
+MAX_INPUT_PIXELS = 64_000_000  # decompression-bomb guard, checked from the header before decoding
+# Without output_compression, jpeg/webp use quality 95: Pillow's advised maximum (100 turns off
+# JPEG quantisation and balloons files). An explicit value is used as is; PNG is lossless and
+# ignores it, as OpenAI does.
+DEFAULT_QUALITY = 95
+EDIT_OPACITY = 0.6  # how strongly the prompt's art covers the edited area
+MAX_PROMPT_CHARS = 400
+MAX_TEXT_LINES = 3
+_EDITABLE = [255] + [0] * 255  # point() table: mask alpha 0 -> edit (255), anything else -> keep
+
+
+def render(req: ImageRequest) -> ProviderResult:
+    fmt = req.output_format or "png"
+    if fmt not in FORMATS:
+        raise GatewayError("invalid_value", "output_format must be png, jpeg or webp.",
+                           param="output_format")
+    transparent = req.background == "transparent"
+    if transparent and fmt == "jpeg":
+        raise GatewayError("invalid_value", "A transparent background needs png or webp output.",
+                           param="background")
+    size = _target_size(req.size)
+    images = _edits(req, size, transparent) if req.operation == "edit" else (
+        _art(size or DEFAULT_SIZE, _rng(req, i, ()), req.prompt, transparent=transparent)
+        for i in range(req.n)
+    )
+    # Encoded one by one so n large images are never all held decoded at once.
+    return ProviderResult(images=[_encode(im, fmt, req.output_compression) for im in images],
+                          created=0)
+
+
+def _target_size(size: str | None) -> tuple[int, int] | None:
+    """None means `auto`: 1024x1024 for generations, the input's size for edits."""
+    if size is None or size == "auto":
+        return None
+    parsed = parse_size(size)
+    if parsed is None or max(parsed) > MAX_SIDE:
+        raise GatewayError("invalid_value", f"size must be WxH with each side 1..{MAX_SIDE}, or "
+                           "auto.", param="size")
+    return parsed
+
+
+def _rng(req: ImageRequest, index: int, inputs: Sequence[bytes]) -> random.Random:
+    """An RNG private to (prompt, seed, image index, input digests); never global state."""
+    digest = hashlib.sha256()
+    for part in (req.prompt, str(req.seed), str(index)):
+        data = part.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "big") + data)
+    for item in inputs:
+        digest.update(item)
+    return random.Random(int.from_bytes(digest.digest(), "big"))
+
+
+# --- drawing --------------------------------------------------------------------------------
+
+
+def _art(size: tuple[int, int], rng: random.Random, prompt: str, *, transparent: bool,
+         mode: str = "RGB") -> Image.Image:
+    """Gradient (or nothing, when transparent), a few shapes and the prompt's text."""
+    if transparent:
+        img = Image.new("RGBA", size, (0, 0, 0, 0))
+    else:
+        img = _gradient(size, rng, mode)
+    draw = ImageDraw.Draw(img)
+    w, h = size
+    for _ in range(rng.randint(3, 6)):
+        # Each shape covers at most 1/9 of the canvas, so a transparent background stays visible.
+        sw, sh = w * rng.uniform(0.1, 0.33), h * rng.uniform(0.1, 0.33)
+        x, y = rng.uniform(0, w - sw), rng.uniform(0, h - sh)
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape((x, y, x + sw, y + sh), fill=(*_colour(rng), 255))
+    _draw_prompt(draw, size, prompt)
+    return img
+
+
+def _gradient(size: tuple[int, int], rng: random.Random, mode: str) -> Image.Image:
+    start, end = (*_colour(rng), 255), (*_colour(rng), 255)
+    kind = rng.randrange(3)
+    ramp = Image.radial_gradient("L") if kind == 2 else Image.linear_gradient("L")
+    if kind == 1:
+        ramp = ramp.transpose(Image.Transpose.ROTATE_90)
+    ramp = ramp.resize(size, Image.Resampling.BILINEAR)
+    return Image.composite(Image.new(mode, size, end), Image.new(mode, size, start), ramp)
+
+
+def _colour(rng: random.Random) -> tuple[int, int, int]:
+    rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.4, 0.9), rng.uniform(0.5, 1.0))
+    return (int(rgb[0] * 255), int(rgb[1] * 255), int(rgb[2] * 255))
+
+
+@lru_cache(maxsize=64)
+def _font(px: int) -> tuple[ImageFont.FreeTypeFont | ImageFont.ImageFont, float]:
+    font = ImageFont.load_default(size=px)
+    sample = "abcdefghijklmnopqrstuvwxyz"
+    return font, (font.getlength(sample) / len(sample)) or 1.0
+
+
+def _draw_prompt(draw: ImageDraw.ImageDraw, size: tuple[int, int], prompt: str) -> None:
+    w, h = size
+    if min(w, h) < 32:
+        return
+    px = max(10, min(h // 18, 64))
+    font, char_width = _font(px)
+    # Lone surrogates cannot be drawn: they become "?".
+    text = prompt[:MAX_PROMPT_CHARS].encode("utf-8", "replace").decode("utf-8")
+    lines = textwrap.wrap(text, width=max(1, int(w * 0.9 / char_width)))
+    if len(lines) > MAX_TEXT_LINES:
+        lines = lines[:MAX_TEXT_LINES]
+        lines[-1] = lines[-1][: max(1, len(lines[-1]) - 3)] + "..."
+    margin = max(2, w // 40)
+    draw.multiline_text((margin, h - margin), "\n".join(lines), font=font, anchor="ld",
+                        fill=(255, 255, 255, 255), stroke_width=max(1, px // 12),
+                        stroke_fill=(0, 0, 0, 255))
+
+
+# --- edits ----------------------------------------------------------------------------------
+
+
+def _edits(req: ImageRequest, size: tuple[int, int] | None,
+           transparent: bool) -> Iterator[Image.Image]:
+    """The first input is edited; later inputs are pasted as thumbnails (a row along the top)
+    into the prompt's art, so they show inside the edited area. All inputs seed the RNG."""
+    if not req.images:
+        raise GatewayError("invalid_value", "An edit needs an input image.", param="image")
+    base = _decode(req.images[0].data, "image")
+    if transparent and base.mode != "RGBA":
+        base = base.convert("RGBA")
+    region = _edit_region(req.mask, base.size) if req.mask is not None else None
+    thumbs = _thumbnails(req.images[1:], base.size)
+    inputs = [hashlib.sha256(x.data).digest() for x in req.images]
+    if req.mask is not None:
+        inputs.append(hashlib.sha256(req.mask.data).digest())
+    for i in range(req.n):
+        art = _art(base.size, _rng(req, i, inputs), req.prompt, transparent=transparent,
+                   mode=base.mode)
+        for k, thumb in enumerate(thumbs):
+            art.paste(thumb, (k * thumb.width, 0), thumb)
+        edited = Image.blend(base, art, EDIT_OPACITY)
+        if transparent:  # the art's empty background cuts the input out
+            edited.putalpha(art.getchannel("A"))
+        out = edited if region is None else Image.composite(edited, base, region)
+        if size is not None and size != out.size:
+            out = out.resize(size, Image.Resampling.LANCZOS)
+        yield out
+
+
+def _edit_region(mask: InputImage, size: tuple[int, int]) -> Image.Image:
+    """An L image, 255 where the mask is fully transparent (the area to edit), else 0."""
+    img = _decode(mask.data, "mask")
+    if img.mode != "RGBA":
+        raise GatewayError("invalid_value", "The mask must have an alpha channel; its fully "
+                           "transparent pixels mark the area to edit.", param="mask")
+    alpha = img.getchannel("A")
+    if alpha.size != size:
+        alpha = alpha.resize(size, Image.Resampling.NEAREST)
+    return alpha.point(_EDITABLE)
+
+
+def _thumbnails(images: Sequence[InputImage], size: tuple[int, int]) -> list[Image.Image]:
+    side = max(1, min(size) // max(4, len(images)))
+    thumbs = []
+    for image in images:  # one full-size decode alive at a time
+        img = _decode(image.data, "image", draft=(side, side))
+        img.thumbnail((side, side))
+        thumbs.append(img.convert("RGBA"))
+    return thumbs
+
+
+def _decode(data: bytes, param: str, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Untrusted bytes -> an RGB or RGBA image, or a 400 naming `param`."""
+    bad = GatewayError("invalid_value", f"The {param} could not be decoded as PNG, JPEG, WebP "
+                       "or GIF.", param=param)
+    try:
+        img = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
+    except Exception as exc:  # Pillow raises many types on malformed input
+        raise bad from exc
+    if img.width * img.height > MAX_INPUT_PIXELS:
+        raise GatewayError("invalid_value", f"The {param} is larger than "
+                           f"{MAX_INPUT_PIXELS // 1_000_000} megapixels.", param=param)
+    try:
+        if draft is not None:
+            img.draft(None, draft)  # JPEG decodes straight to a smaller scale
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)  # edit what the user sees, upright
+        return img.convert("RGBA" if img.has_transparency_data else "RGB")
+    except Exception as exc:
+        raise bad from exc
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def _encode(img: Image.Image, fmt: str, compression: int | None) -> GeneratedImage:
+    pil_format, mime = FORMATS[fmt]
+    options: dict[str, object] = {}
+    if fmt != "png":
+        options["quality"] = DEFAULT_QUALITY if compression is None else compression
+    if icc := img.info.get("icc_profile"):
+        options["icc_profile"] = icc
+    img.info = {}  # only the colour profile survives: no EXIF/GPS, text chunks or stale tRNS
+    if fmt == "jpeg" and img.mode != "RGB":
+        img = img.convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, pil_format, **options)
+    return GeneratedImage(b64_json=base64.b64encode(buf.getvalue()).decode("ascii"), mime=mime)
+
+
+ADAPTER = Adapter(type="local", capabilities=CAPABILITIES, render=render)

@@ -1,0 +1,29 @@
+"""Redis as shared state: hosted images readable from any gateway, readiness follows Redis."""
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+
+from tests.conftest import make_config
+from tests.redis_server import redis_server
+
+
+async def test_url_images_live_in_redis_and_readyz_follows_it(gateway: Any, tmp_path: Any,
+                                                                aiohttp_client: Any) -> None:
+    with redis_server(tmp_path) as url:
+        overrides = {"state": {"backend": "redis", "redis_url": url},
+                     "storage": {"backend": "redis", "signing_secret": "shared"}}
+        first = await gateway(make_config(overrides))
+        second = await gateway(make_config(overrides))  # another machine, same Redis
+        assert (await first.get("/readyz")).status == 200
+        sdk = openai.AsyncOpenAI(base_url=str(first.make_url("/v1")), api_key="x",
+                                 max_retries=0)
+        result = await sdk.images.generate(model="local", prompt="kite", size="64x64",
+                                           response_format="url")
+        await sdk.close()
+        path = result.data[0].url.split("/", 3)[3]
+        resp = await second.get("/" + path)
+        assert resp.status == 200 and (await resp.read()).startswith(b"\x89PNG")
+    resp = await first.get("/readyz")
+    assert resp.status == 503 and (await resp.json())["status"] == "unavailable"
