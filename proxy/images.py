@@ -110,7 +110,11 @@ class Finisher:
         if img.b64_json is not None:
             data = base64.b64decode(img.b64_json)
         else:
-            data = await self.fetcher.fetch(img.url or "", "provider image")
+            try:
+                data = await self.fetcher.fetch(img.url or "", "url")
+            except GatewayError as exc:
+                raise GatewayError("upstream_unavailable", "The provider's image could not be "
+                                   "downloaded.") from exc
         mime = sniff_mime(data[:16]) or img.mime or "image/png"
         wanted = MIMES.get(req.output_format or "", mime)
         if wanted != mime or (req.output_compression is not None and wanted != "image/png"):
