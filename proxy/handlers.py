@@ -1,6 +1,7 @@
 """The endpoints: route each request, forward (native) or adapt, and answer in OpenAI's shape."""
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -8,7 +9,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from adapters.base import ImageRequest, InputImage, Operation
+from adapters.base import ImageRequest, InputImage, Operation, sniff_mime
 from config.api import ImageEditJSONRequest, ImagesResponse, Model, ModelList
 from config.errors import GatewayError
 from middlewares.auth import allowed_models, check_model_allowed
@@ -16,13 +17,14 @@ from middlewares.keys import IMAGES, MODEL, PROVIDER, ROUTED
 from middlewares.rewrite import Routed, apply_defaults, check_fields, validation_error
 from proxy import forms, images
 from proxy.gateway import GATEWAY, Gateway
-from proxy.relay import relay, rewrite_json
+from proxy.relay import relay, rewrite_json, usage_of
 from proxy.routing import RouteState
 from proxy.upstream import ProviderState
 
 RETRYABLE = frozenset({"upstream_unavailable", "upstream_timeout", "upstream_auth_failed",
                        "upstream_rate_limited", "upstream_busy"})
 Attempt = Callable[[RouteState, ProviderState], Awaitable[web.StreamResponse]]
+GPT_IMAGE_MODELS = ("gpt-image", "chatgpt-image")
 _models_cache: dict[tuple[str, ...], bytes] = {}
 
 
@@ -129,18 +131,45 @@ async def forward_json(request: web.Request, route: RouteState, path: str) -> we
     routed: Routed = request[ROUTED]
     gw = request.app[GATEWAY]
     raw = routed.raw
-    if routed.rewritten or route.model != routed.public_model:
-        raw = rewrite_json(raw, route.model, routed.defaults)
+    # GPT image models answer only base64 and refuse `response_format`: the gateway keeps the
+    # field to itself and hosts the images when the client asked for links
+    wants = routed.body.response_format
+    hosted = wants is not None and route.model.startswith(GPT_IMAGE_MODELS)
+    if routed.rewritten or route.model != routed.public_model or hosted:
+        drop = ("response_format",) if hosted else ()
+        raw = rewrite_json(raw, route.model, routed.defaults, drop)
     stream = bool(routed.body.stream)
     async with gw.upstream.attempt(route.provider, route.model, path, data=raw,
                                    headers={"Content-Type": "application/json"},
                                    stream=stream) as resp:
-        response = await relay(request, resp, route.provider, stream=stream)
+        if hosted and wants == "url" and resp.status == 200 and not stream:
+            response: web.StreamResponse = await host_images(request, await resp.read())
+        else:
+            response = await relay(request, resp, route.provider, stream=stream)
     if response.status == 200 and not stream:
         n = routed.body.n or 1
-        gw.count_images(routed.public_model, route.provider, n, None)
+        body = response.body if isinstance(response, web.Response) else None
+        usage = usage_of(body) if isinstance(body, bytes) else None
+        gw.count_images(routed.public_model, route.provider, n, usage)
         request[IMAGES] = n
     return response
+
+
+async def host_images(request: web.Request, raw: bytes) -> web.Response:
+    """An OpenAI answer with base64 images, turned into signed gateway links."""
+    gw = request.app[GATEWAY]
+    try:
+        answer = msgspec.json.decode(raw, type=ImagesResponse)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise GatewayError("upstream_unavailable", "The provider's answer was not "
+                           "understood.") from None
+    base = gw.public_base_url or f"{request.scheme}://{request.host}"
+    for item in answer.data:
+        if isinstance(item.b64_json, str):
+            data = base64.b64decode(item.b64_json)
+            name, query = await gw.store.save(data, sniff_mime(data[:16]) or "image/png")
+            item.url, item.b64_json = f"{base}/v1/images/files/{name}?{query}", msgspec.UNSET
+    return images.json_response(answer, {})
 
 
 async def edits(request: web.Request) -> web.StreamResponse:

@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 
 from adapters.base import safe_message, status_error
-from config.api import ErrorEnvelope
+from config.api import ErrorEnvelope, Usage
 from config.errors import GatewayError
 
 RELAY_WHOLE_BYTES = 4 * 1024 * 1024  # answers up to this are read whole; larger ones stream
@@ -21,13 +21,35 @@ _encode = msgspec.json.Encoder().encode
 _error_view = msgspec.json.Decoder(ErrorEnvelope)
 
 
-def rewrite_json(raw: bytes, model: str, defaults: Mapping[str, Any]) -> bytes:
+def rewrite_json(raw: bytes, model: str, defaults: Mapping[str, Any],
+                 drop: tuple[str, ...] = ()) -> bytes:
     """The client's JSON with `model` set and defaults added; other values stay as sent."""
     fields = _raw_object.decode(raw)
+    for name in drop:
+        fields.pop(name, None)
     for name, value in defaults.items():
         fields[name] = msgspec.Raw(_encode(value))
     fields["model"] = msgspec.Raw(_encode(model))
     return _encode(fields)
+
+
+class _UsageView(msgspec.Struct):
+    usage: Usage | None = None
+
+
+_usage_view = msgspec.json.Decoder(_UsageView)
+
+
+def usage_of(body: bytes) -> Usage | None:
+    """`usage` of an OpenAI answer without decoding its base64: the key sits at the top level,
+    after `data`, so `{` + the tail from the last `"usage"` is a small JSON object of its own."""
+    at = body.rfind(b'"usage"')
+    if at < 0:
+        return None
+    try:
+        return _usage_view.decode(b"{" + body[at:]).usage
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:

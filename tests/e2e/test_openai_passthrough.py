@@ -133,3 +133,17 @@ async def test_upstream_errors(setup: Any, mode: str, exc: type, status: int, co
     assert info.value.status_code == status
     assert info.value.body["code"] == code
     assert "sk-ups" not in json.dumps(info.value.body)  # the upstream key never comes back
+
+
+async def test_gpt_image_url_answers_are_hosted_and_tokens_counted(setup: Any) -> None:
+    recorder, client, sdk = setup
+    result = await sdk.images.generate(model="gpt-image-1", prompt="p", response_format="url")
+    assert "response_format" not in recorder.last.json  # GPT image models refuse the field
+    resp = await client.get("/" + result.data[0].url.split("/", 3)[3])
+    assert resp.status == 200 and await resp.read() == PNG
+    await sdk.images.generate(model="gpt-image-1", prompt="p", response_format="b64_json")
+    assert "response_format" not in recorder.last.json
+    value = client.registry.get_sample_value(
+        "imagegate_tokens_total", {"model": "gpt-image-1", "provider": "openai", "kind": "output"})
+    assert value == 2 * 4160
+
