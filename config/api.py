@@ -54,7 +54,7 @@ class Image(msgspec.Struct, omit_defaults=True):
     revised_prompt: str | UnsetType = UNSET
 
 
-class Usage(msgspec.Struct, omit_defaults=True):
+class Usage(msgspec.Struct):  # token counts always present; UNSET details are still omitted
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0

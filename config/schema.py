@@ -22,6 +22,7 @@ class ServerConfig(Strict):
     log_prompts: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_images_per_request: Annotated[int, Meta(ge=1, le=16)] = 16
+    stream_keepalive_s: PositiveFloat = 10.0  # SSE comment interval while a provider works
 
 
 class Limits(Strict):

@@ -1,6 +1,7 @@
 """The endpoints: route each request, forward (native) or adapt, and answer in OpenAI's shape."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +16,7 @@ from config.errors import GatewayError
 from middlewares.auth import allowed_models, check_model_allowed
 from middlewares.keys import IMAGES, MODEL, PROVIDER, ROUTED
 from middlewares.rewrite import Routed, apply_defaults, check_fields, validation_error
-from proxy import forms, images
+from proxy import forms, images, sse
 from proxy.gateway import GATEWAY, Gateway
 from proxy.relay import relay, rewrite_json, usage_of
 from proxy.routing import RouteState
@@ -90,28 +91,41 @@ def image_request(op: Operation, body: Any, route: RouteState, images_: list[Inp
 
 
 async def answer_adapted(request: web.Request, route: RouteState, state: ProviderState,
-                         req: ImageRequest) -> web.Response:
+                         req: ImageRequest) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     images.check_capabilities(state, req)
-    results, dropped = await images.call_provider(gw.upstream, state, req)
+    encoded, dropped = images.encode_calls(state, req)
+    if req.stream and req.partial_images:
+        dropped = (*dropped, "partial_images")  # one completed event per image, no partials
+    headers = {"x-imagegate-dropped-params": ",".join(dropped)} if dropped else {}
+    work = produce(request, route, state, req, encoded)
+    if req.stream:
+        kind = "image_edit" if req.operation == "edit" else "image_generation"
+        return await sse.stream_images(request, work, headers, kind, req,
+                                       gw.config.server.stream_keepalive_s)
+    body, failed = await work
+    if failed:
+        headers["x-imagegate-failed-images"] = str(failed)
+    return images.json_response(body, headers)
+
+
+async def produce(request: web.Request, route: RouteState, state: ProviderState,
+                  req: ImageRequest, encoded: list[Any]) -> tuple[ImagesResponse, int]:
+    """Calls the provider, then normalises: the answer and how many images failed."""
+    gw = request.app[GATEWAY]
+    results = await images.call_provider(gw.upstream, state, req, encoded)
     generated = [img for r in results for img in r.images]
     if not generated:
         raise GatewayError("no_image", "The provider answered without an image.")
     base = gw.public_base_url or f"{request.scheme}://{request.host}"
-    data = [await gw.finisher.image(img, req, base) for img in generated]
+    data = list(await asyncio.gather(*(gw.finisher.image(img, req, base) for img in generated)))
     created = max(r.created for r in results) or int(time.time())
     usage = images.sum_usage(results)
     body = ImagesResponse(created=created, data=data,
                           usage=usage if usage is not None else msgspec.UNSET)
-    headers = {}
-    if dropped:
-        headers["x-imagegate-dropped-params"] = ",".join(dropped)
-    failed = sum(r.failed for r in results)
-    if failed:
-        headers["x-imagegate-failed-images"] = str(failed)
     gw.count_images(request[MODEL], route.provider, len(data), usage)
     request[IMAGES] = len(data)
-    return images.json_response(body, headers)
+    return body, sum(r.failed for r in results)
 
 
 async def generations(request: web.Request) -> web.StreamResponse:

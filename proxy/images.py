@@ -11,7 +11,14 @@ import msgspec
 from aiohttp import web
 from PIL import Image as PILImage
 
-from adapters.base import GeneratedImage, ImageRequest, ProviderResult, UpstreamResponse, sniff_mime
+from adapters.base import (
+    GeneratedImage,
+    ImageRequest,
+    ProviderResult,
+    UpstreamRequest,
+    UpstreamResponse,
+    sniff_mime,
+)
 from config.api import Image, ImagesResponse, Usage
 from config.errors import GatewayError
 from proxy.fetch import Fetcher
@@ -38,9 +45,6 @@ def check_capabilities(state: ProviderState, req: ImageRequest) -> None:
     if len(req.images) > caps.max_input_images:
         raise GatewayError("invalid_value", f"The model '{model}' takes at most "
                            f"{caps.max_input_images} input images.", param="image")
-    if req.stream:
-        raise GatewayError("invalid_value", f"Streaming is not available for the model "
-                           f"'{model}' yet.", param="stream")
 
 
 def split_n(n: int, per_call: int) -> list[int]:
@@ -48,14 +52,24 @@ def split_n(n: int, per_call: int) -> list[int]:
     return [per_call] * full + ([rest] if rest else [])
 
 
-async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequest
-                        ) -> tuple[list[ProviderResult], tuple[str, ...]]:
+def encode_calls(state: ProviderState, req: ImageRequest
+                 ) -> tuple[list[UpstreamRequest], tuple[str, ...]]:
+    """Every provider request of the fan-out, built before any is sent (REJECTs raise here)."""
     adapter = state.adapter
     if adapter.render is not None:
-        return [await asyncio.to_thread(adapter.render, req)], ()
-    assert adapter.encode_request is not None and adapter.decode_response is not None
+        return [], ()
+    assert adapter.encode_request is not None
     encoded = [adapter.encode_request(msgspec.structs.replace(req, n=k))
                for k in split_n(req.n, adapter.capabilities.images_per_call)]
+    return encoded, encoded[0].dropped
+
+
+async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequest,
+                        encoded: list[UpstreamRequest]) -> list[ProviderResult]:
+    adapter = state.adapter
+    if adapter.render is not None:
+        return [await asyncio.to_thread(adapter.render, req)]
+    assert adapter.decode_response is not None
 
     async def one(up) -> ProviderResult:  # type: ignore[no-untyped-def]
         headers = {"Content-Type": up.content_type, **up.headers}
@@ -79,7 +93,7 @@ async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequ
                for i, o in enumerate(outcomes) if isinstance(o, BaseException))
     if lost:
         results[0].failed += lost
-    return results, encoded[0].dropped
+    return results
 
 
 def transcode(data: bytes, mime: str, fmt: str | None,

@@ -84,9 +84,6 @@ async def test_edit_with_several_images_and_json_data_urls(sdk: Any) -> None:
 
 async def test_adapted_routes_refuse_what_they_cannot_do(sdk: Any) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        await sdk.images.generate(model="local", prompt="p", stream=True)
-    assert info.value.param == "stream"
-    with pytest.raises(openai.BadRequestError) as info:
         await sdk.images.generate(model="local", prompt="p", background="transparent",
                                   output_format="jpeg")
     assert info.value.param == "background"
@@ -104,3 +101,14 @@ async def test_default_config_and_default_model(gateway: Any) -> None:
     assert decode((await resp.json())["data"][0]["b64_json"]).size == (256, 256)
     models = await (await client.get("/v1/models")).json()
     assert {m["id"] for m in models["data"]} == {"local", "gpt-image-1", "dall-e-2", "dall-e-3"}
+
+
+async def test_stream_sends_one_completed_event_per_image(sdk: Any) -> None:
+    stream = await sdk.images.generate(model="local", prompt="p", n=2, size="32x32", stream=True,
+                                       partial_images=2)
+    events = [event async for event in stream]
+    assert [e.type for e in events] == ["image_generation.completed"] * 2
+    assert decode(events[0].b64_json).size == (32, 32)
+    edit = await sdk.images.edit(model="local", prompt="p", stream=True,
+                                 image=("a.png", png((16, 16), (1, 2, 3)), "image/png"))
+    assert [e.type async for e in edit] == ["image_edit.completed"]

@@ -1,0 +1,71 @@
+"""`stream: true` for adapted providers: keep-alive comments while waiting, one event per image."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from adapters.base import ImageRequest
+from config.api import ErrorBody, ImagesResponse, ImageStreamEvent, Usage
+from config.errors import GatewayError
+
+KEEPALIVE = b": keep-alive\n\n"
+_encode = msgspec.json.Encoder().encode
+
+
+class _ErrorEvent(msgspec.Struct):
+    error: ErrorBody
+    type: str = "error"
+
+
+def frame(event: str, data: bytes) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def completed_events(body: ImagesResponse, kind: str, req: ImageRequest) -> list[bytes]:
+    frames = []
+    last = len(body.data) - 1
+    for i, image in enumerate(body.data):
+        usage = body.usage if isinstance(body.usage, Usage) else Usage()
+        event = ImageStreamEvent(
+            type=f"{kind}.completed", b64_json=image.b64_json, url=image.url,
+            created_at=body.created, size=req.size or "auto", quality=req.quality or "auto",
+            background=req.background or "auto", output_format=req.output_format or "png",
+            usage=usage if i == last else Usage(),
+        )
+        frames.append(frame(event.type, _encode(event)))
+    return frames
+
+
+async def stream_images(request: web.Request,
+                        work: Coroutine[Any, Any, tuple[ImagesResponse, int]],
+                        headers: dict[str, str], kind: str, req: ImageRequest,
+                        keepalive_s: float) -> web.StreamResponse:
+    """Errors that come before the first byte keep their HTTP status; later ones are events."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait({task}, timeout=keepalive_s)
+        if task.done():
+            task.result()  # raises a provider error as a plain HTTP error
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                          "Cache-Control": "no-cache", **headers})
+        await out.prepare(request)
+        while not task.done():
+            await out.write(KEEPALIVE)
+            await asyncio.wait({task}, timeout=keepalive_s)
+        try:
+            body, _ = task.result()
+        except GatewayError as error:
+            envelope = _ErrorEvent(ErrorBody(error.message, error.type, error.param, error.code))
+            await out.write(frame("error", _encode(envelope)))
+        else:
+            for data in completed_events(body, kind, req):
+                await out.write(data)
+        await out.write_eof()
+        return out
+    finally:
+        if not task.done():
+            task.cancel()  # the client hung up: stop the provider calls too
