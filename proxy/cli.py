@@ -123,6 +123,6 @@ def run_worker(config: Any, multiprocess: bool) -> None:
     log.info("starting", host=config.server.host, port=config.server.port, pid=os.getpid(),
              models=len(config.models))
     web.run_app(app, host=config.server.host, port=config.server.port, print=None,
-                access_log=None, reuse_port=multiprocess,
+                access_log=None, reuse_port=multiprocess, handler_cancellation=True,
                 shutdown_timeout=config.server.graceful_shutdown_s,
                 handle_signals=True)

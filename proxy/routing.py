@@ -41,6 +41,10 @@ class Router:
         """The routes to try, in order; 503 when every one of them is resting."""
         now = self.clock()
         states = self.routes[public_model]
+        for s in states:
+            if s.resting_until and s.resting_until <= now:  # rested: back on trial
+                s.resting_until = 0.0
+                self.metrics.child(self.metrics.route_healthy, s.provider, s.model).set(1)
         awake = [s for s in states if s.resting_until <= now]
         if not awake:
             wait = min(s.resting_until for s in states) - now

@@ -1,0 +1,114 @@
+"""Routes: fallback to the next tier, cooldown of a failing route, hang-ups cancel upstream calls."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import openai
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from middlewares.metrics import Metrics
+from proxy.app import create_app
+from proxy.routing import Router
+from tests.conftest import make_config
+from tests.upstreams import openai as openai_mock
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def two_upstreams(aiohttp_server: Any) -> tuple[Any, Any, dict, dict]:
+    first, second = openai_mock.Recorder(), openai_mock.Recorder()
+    urls = [str((await aiohttp_server(openai_mock.make_app(r))).make_url("")).rstrip("/")
+            for r in (first, second)]
+    providers = {name: {"type": "openai", "base_url": url, "api_key": openai_mock.API_KEY}
+                 for name, url in zip(("primary", "backup"), urls, strict=True)}
+    models = {"gpt-image-1": {"routes": [{"provider": "primary"},
+                                         {"provider": "backup", "priority": 1}]}}
+    return first, second, providers, models
+
+
+async def test_failover_then_cooldown_then_recovery(aiohttp_server: Any,
+                                                    aiohttp_client: Any) -> None:
+    first, second, providers, models = await two_upstreams(aiohttp_server)
+    config = make_config({"routing": {"cooldown_s": 30}}, providers=providers, models=models)
+    clock, registry = Clock(), CollectorRegistry()
+    router = Router(config, Metrics(CollectorRegistry()), clock=clock)
+    client = await aiohttp_client(create_app(config, registry=registry, router=router))
+    first.mode = "server_error"
+    for _ in range(3):
+        resp = await client.post("/v1/images/generations", json={"model": "gpt-image-1",
+                                                                 "prompt": "p"})
+        assert resp.status == 200
+    assert len(first.requests) == 3 and len(second.requests) == 3
+    await client.post("/v1/images/generations", json={"model": "gpt-image-1", "prompt": "p"})
+    assert len(first.requests) == 3  # resting: not tried
+    first.mode, clock.now = "ok", clock.now + 31
+    await client.post("/v1/images/generations", json={"model": "gpt-image-1", "prompt": "p"})
+    assert len(first.requests) == 4
+    assert registry.get_sample_value("imagegate_retries_total", {"provider": "backup"}) == 3
+
+
+async def test_every_route_resting_is_503_with_retry_after(aiohttp_server: Any,
+                                                           aiohttp_client: Any) -> None:
+    first, second, providers, models = await two_upstreams(aiohttp_server)
+    config = make_config({"routing": {"cooldown_s": 30}}, providers=providers, models=models)
+    client = await aiohttp_client(create_app(config, registry=CollectorRegistry(),
+                                             router=Router(config, Metrics(CollectorRegistry()),
+                                                           clock=Clock())))
+    first.mode = second.mode = "server_error"
+    for _ in range(3):
+        resp = await client.post("/v1/images/generations", json={"model": "gpt-image-1",
+                                                                 "prompt": "p"})
+        assert resp.status == 502
+    resp = await client.post("/v1/images/generations", json={"model": "gpt-image-1",
+                                                             "prompt": "p"})
+    assert resp.status == 503 and int(resp.headers["retry-after"]) == 30
+
+
+async def test_client_hangup_is_499_and_cancels_the_upstream(aiohttp_server: Any,
+                                                             openai_upstream: Any) -> None:
+    recorder, base_url = openai_upstream
+    recorder.delay_s = 2.0
+    providers = {"openai": {"type": "openai", "base_url": base_url,
+                            "api_key": openai_mock.API_KEY}}
+    models = {"gpt-image-1": {"routes": [{"provider": "openai"}]}}
+    app = create_app(make_config(providers=providers, models=models),
+                     registry=CollectorRegistry())
+    server = await aiohttp_server(app)  # test servers cancel handlers on hang-up, as serve does
+    with capture_logs() as logs:
+        async with aiohttp.ClientSession() as session:
+            try:
+                await session.post(server.make_url("/v1/images/generations"),
+                                   json={"model": "gpt-image-1", "prompt": "p"},
+                                   timeout=aiohttp.ClientTimeout(total=0.3))
+            except TimeoutError:
+                pass
+        await asyncio.sleep(0.2)
+    access = [e for e in logs if e["event"] == "request"]
+    upstream = [e for e in logs if e["event"] == "upstream"]
+    assert access[0]["status"] == 499 and upstream[0]["outcome"] == "cancelled"
+
+
+async def test_sdk_sees_502_when_the_only_route_fails(gateway: Any, openai_upstream: Any) -> None:
+    recorder, base_url = openai_upstream
+    recorder.mode = "server_error"
+    providers = {"openai": {"type": "openai", "base_url": base_url, "api_key": "wrong"}}
+    client = await gateway(make_config(providers=providers, models={
+        "gpt-image-1": {"routes": [{"provider": "openai"}]}}))
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    try:
+        await sdk.images.generate(model="gpt-image-1", prompt="p")
+    except openai.InternalServerError as exc:
+        assert exc.status_code == 502 and exc.body["code"] == "upstream_auth_failed"
+        assert "Incorrect API key" not in str(exc.body)
+    else:
+        raise AssertionError("expected a 502")
+    finally:
+        await sdk.close()
