@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from middlewares.keys import IMAGES, KEY_ID, MODEL, PROVIDER, REQUEST_ID
+from middlewares.keys import IMAGES, KEY_ID, MODEL, PROMPT, PROVIDER, REQUEST_ID
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -53,6 +53,7 @@ def _access_line(
         bytes_out = response.body_length if response.prepared else len(
             getattr(response, "body", b"") or b""
         )
+    extra = {"prompt": request[PROMPT]} if PROMPT in request else {}
     log.info(
         "request",
         method=request.method,
@@ -65,6 +66,7 @@ def _access_line(
         images=request.get(IMAGES, 0),
         bytes_in=request.content_length or 0,
         bytes_out=bytes_out,
+        **extra,
     )
 
 

@@ -16,4 +16,5 @@ KEY_ID = web.RequestKey("key_id", str)  # label and log value: the key's id, nev
 MODEL = web.RequestKey("model", str)  # the public model name, once it is known and configured
 PROVIDER = web.RequestKey("provider", str)  # the provider name of the route that answered
 IMAGES = web.RequestKey("images", int)  # images in the answer
+PROMPT = web.RequestKey("prompt", str)  # set only when server.log_prompts is true
 ROUTED = web.RequestKey("routed", Any)  # middlewares.rewrite.Routed, set for JSON bodies

@@ -12,7 +12,7 @@ from config.api import DEFAULT_MODEL, ImageEditJSONRequest, ImageGenerateRequest
 from config.errors import GatewayError
 from config.schema import Config, ModelConfig
 from middlewares.auth import check_model_allowed
-from middlewares.keys import MODEL, ROUTED
+from middlewares.keys import MODEL, PROMPT, ROUTED
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON_BODIES: dict[str, type[ImageGenerateRequest]] = {
@@ -22,6 +22,7 @@ JSON_BODIES: dict[str, type[ImageGenerateRequest]] = {
 _SIZE = re.compile(r"auto|[1-4]K|([1-9][0-9]{0,3})x([1-9][0-9]{0,3})")
 _AT = re.compile(r" - at `\$\.?(.*)`$")
 MAX_SIDE = 4096
+PROMPT_LOG_CHARS = 1000
 
 
 class Routed(msgspec.Struct):
@@ -106,6 +107,7 @@ def decode_body(raw: bytes, typ: type[Any]) -> Any:
 
 
 def rewrite_middleware(config: Config, table: ModelTable) -> Callable[..., Awaitable[Any]]:
+    log_prompts = config.server.log_prompts
     @web.middleware
     async def rewrite_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         typ = JSON_BODIES.get(request.path)
@@ -117,6 +119,8 @@ def rewrite_middleware(config: Config, table: ModelTable) -> Callable[..., Await
         request[MODEL] = public
         check_model_allowed(request, public)
         body, filled = apply_defaults(body, model_config.defaults)
+        if log_prompts:
+            request[PROMPT] = body.prompt[:PROMPT_LOG_CHARS]
         rewritten = bool(filled) or body.model != public
         request[ROUTED] = Routed(public, model_config, body, raw, rewritten, filled)
         return await handler(request)

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -98,7 +99,9 @@ def serve(config: Any, args: argparse.Namespace) -> int:
     if args.workers <= 1:
         run_worker(config, multiprocess=False)
         return 0
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="imagegate-prom-"))
+    own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    if own_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="imagegate-prom-")
     ctx = multiprocessing.get_context("spawn")
     workers = [ctx.Process(target=run_worker, args=(config, True)) for _ in range(args.workers)]
     for w in workers:
@@ -109,6 +112,9 @@ def serve(config: Any, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         for w in workers:
             w.terminate()
+    finally:
+        if own_dir:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     return 0
 
 

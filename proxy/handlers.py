@@ -14,8 +14,14 @@ from adapters.base import ImageRequest, InputImage, Operation, sniff_mime
 from config.api import ImageEditJSONRequest, ImagesResponse, Model, ModelList
 from config.errors import GatewayError
 from middlewares.auth import allowed_models, check_model_allowed
-from middlewares.keys import IMAGES, MODEL, PROVIDER, ROUTED
-from middlewares.rewrite import Routed, apply_defaults, check_fields, validation_error
+from middlewares.keys import IMAGES, MODEL, PROMPT, PROVIDER, ROUTED
+from middlewares.rewrite import (
+    PROMPT_LOG_CHARS,
+    Routed,
+    apply_defaults,
+    check_fields,
+    validation_error,
+)
 from proxy import forms, images, sse
 from proxy.gateway import GATEWAY, Gateway
 from proxy.relay import relay, rewrite_json, usage_of
@@ -277,6 +283,8 @@ async def _multipart_edit(request: web.Request, gw: Gateway, form: forms.Form, p
     if op is None:
         form.fields.setdefault("prompt", "variation")
     fields = parse_form_fields(form.fields)
+    if gw.config.server.log_prompts:
+        request[PROMPT] = fields.prompt[:PROMPT_LOG_CHARS]
     public, model_config = gw.models.resolve(fields.model)
     request[MODEL] = public
     check_model_allowed(request, public)

@@ -148,3 +148,13 @@ async def test_logs_never_hold_keys_or_images(client: Any) -> None:
     access = [e for e in logs if e["event"] == "request"]
     assert access and access[0]["status"] == 200 and access[0]["key"] == "all"
     assert [e["provider"] for e in logs if e["event"] == "upstream"] == ["openai"]
+
+
+async def test_prompts_are_logged_only_when_configured(gateway: Any, tmp_path: Any) -> None:
+    for log_prompts in (False, True):
+        client = await gateway(make_config({"server": {"log_prompts": log_prompts}},
+                                           tmp_path=tmp_path))
+        with capture_logs() as logs:
+            await client.post("/v1/images/generations", json={
+                "model": "local", "prompt": "secret plans", "size": "8x8"})
+        assert ("secret plans" in repr(logs)) is log_prompts

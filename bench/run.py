@@ -1,0 +1,498 @@
+"""Imagegate benchmark: start-up, idle RSS, passthrough CPU per request, memory of a 50 MB edit."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import ctypes
+import http.client
+import io
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "gpt-image-1"
+GEN_BODY = json.dumps({"model": MODEL, "prompt": "a bench otter", "n": 1}).encode()
+EDIT_BYTES = 50 * 1024 * 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# name -> (target, True when lower is better); shown next to the figures, never enforced
+TARGETS = {
+    "startup_s": 1.0,
+    "idle_rss_mb": 60.0,
+    "cpu_ms_per_request": 0.5,
+    "edit_rss_increase_mb": 5.0,
+}
+
+
+# --- the mock OpenAI upstream (runs in its own process: `run.py --upstream`) ---------------
+
+def noise_png(side: int = 185, seed: int = 7) -> bytes:
+    """Random RGB noise does not deflate, so the PNG stays ~side*side*3 bytes (~100 KB)."""
+    pixels = random.Random(seed).randbytes(side * side * 3)
+    out = io.BytesIO()
+    Image.frombytes("RGB", (side, side), pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def upstream_answer() -> bytes:
+    return json.dumps({
+        "created": 1713833628,
+        "data": [{"b64_json": base64.b64encode(noise_png()).decode()}],
+        "output_format": "png",
+        "usage": {"input_tokens": 50, "output_tokens": 4160, "total_tokens": 4210,
+                  "input_tokens_details": {"image_tokens": 40, "text_tokens": 10}},
+    }).encode()
+
+
+def upstream_app() -> web.Application:
+    answer = upstream_answer()
+    stats = {"edit_bytes": 0, "edits": 0}
+
+    async def generations(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=answer, content_type="application/json")
+
+    async def edits(request: web.Request) -> web.Response:
+        # count the body as it streams and drop it: the mock must not add its own buffering
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+        stats["edit_bytes"], stats["edits"] = size, stats["edits"] + 1
+        return web.Response(body=answer, content_type="application/json")
+
+    async def get_stats(request: web.Request) -> web.Response:
+        return web.json_response(stats)
+
+    app = web.Application()
+    app.router.add_post("/images/generations", generations)
+    app.router.add_post("/images/edits", edits)
+    app.router.add_get("/stats", get_stats)
+    return app
+
+
+def serve_upstream() -> None:
+    async def run() -> None:
+        runner = web.AppRunner(upstream_app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        # port 0 avoids a bind race; the parent reads the real port from this one line
+        print(runner.addresses[0][1], flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
+# --- processes and /proc -------------------------------------------------------------------
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM if the bench dies, even by SIGKILL (PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop(proc: subprocess.Popen[Any] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _stat_fields(pid: int) -> list[str]:
+    # the command name may hold spaces or ')': the fields start after the last ')'
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2:].split()
+
+
+def tree_cpu_ms(pid: int) -> float:
+    """utime+stime of the process and its live descendants, plus its reaped children."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(_stat_fields(int(entry))[1])
+            except (OSError, ValueError, IndexError):
+                continue  # exited while we walked
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    ticks = 0
+    for p in tree:
+        try:
+            f = _stat_fields(p)
+        except OSError:
+            continue
+        ticks += int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if p == pid else 0)
+    return ticks * 1000 / CLK_TCK
+
+
+def status_kb(pid: int, key: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{key} missing from /proc/{pid}/status")
+
+
+def start_upstream() -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--upstream"],
+                            stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line.strip().isdigit():
+        stop(proc)
+        raise RuntimeError("the mock upstream did not start")
+    return proc, int(line)
+
+
+def write_config(tmp: Path, upstream_port: int) -> Path:
+    path = tmp / "imagegate.yaml"
+    path.write_text(
+        "server: {host: 127.0.0.1, port: 0, graceful_shutdown_s: 2}\n"
+        f"storage: {{path: {tmp / 'images'}}}\n"  # keeps the repo free of ./data
+        "providers:\n"
+        f"  openai: {{type: openai, base_url: 'http://127.0.0.1:{upstream_port}',"
+        " api_key: sk-bench}\n"
+        f"models:\n  {MODEL}: {{routes: [{{provider: openai}}]}}\n")
+    return path
+
+
+def healthy(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def start_gateway(config: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], float]:
+    """Spawns the gateway; start-up time runs from spawn until /healthz answers 200."""
+    cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(config),
+           "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:  # a file, not a pipe: one log line per request never blocks
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=die_with_parent)
+    while not healthy(port):
+        if proc.poll() is not None or time.perf_counter() - started > 30:
+            stop(proc)
+            raise RuntimeError(f"the gateway did not come up; its log:\n{tail(log)}")
+        time.sleep(0.01)
+    return proc, time.perf_counter() - started
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --- load: concurrent passthrough generations ---------------------------------------------
+
+class Tally:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.first_error = ""
+
+    def fail(self, what: str) -> None:
+        self.errors += 1
+        self.first_error = self.first_error or what
+
+
+async def one_generation(session: aiohttp.ClientSession, url: str, tally: Tally) -> None:
+    started = time.perf_counter()
+    try:
+        async with session.post(url, data=GEN_BODY,
+                                headers={"Content-Type": "application/json"}) as resp:
+            body = await resp.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        tally.fail(f"{type(exc).__name__}: {exc}")
+        return
+    if resp.status != 200 or b'"b64_json"' not in body:
+        tally.fail(f"HTTP {resp.status}: {body[:300]!r}")
+        return
+    tally.latencies.append(time.perf_counter() - started)
+
+
+async def drive(session: aiohttp.ClientSession, url: str, concurrency: int, *,
+                count: int | None = None, seconds: float | None = None) -> Tally:
+    """Runs `concurrency` closed-loop clients until `count` requests or `seconds` are done."""
+    tally = Tally()
+    deadline = time.perf_counter() + seconds if seconds is not None else None
+    left = [count if count is not None else -1]
+
+    async def client() -> None:
+        while deadline is None or time.perf_counter() < deadline:
+            if count is not None:
+                if left[0] <= 0:
+                    return
+                left[0] -= 1
+            await one_generation(session, url, tally)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return tally
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+async def measure_load(base: str, pid: int, concurrency: int, seconds: float) -> dict[str, Any]:
+    url = base + "/v1/images/generations"
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        warm = await drive(session, url, concurrency, count=200)
+        cpu_before, started = tree_cpu_ms(pid), time.perf_counter()
+        tally = await drive(session, url, concurrency, seconds=seconds)
+        elapsed, cpu_ms = time.perf_counter() - started, tree_cpu_ms(pid) - cpu_before
+    done = len(tally.latencies)
+    lat = sorted(tally.latencies)
+    return {
+        "concurrency": concurrency, "seconds": round(elapsed, 2), "requests": done,
+        "warmup_errors": warm.errors, "errors": tally.errors,
+        "first_error": tally.first_error or warm.first_error or None,
+        "requests_per_s": round(done / elapsed, 1),
+        "cpu_ms_per_request": round(cpu_ms / done, 3) if done else None,
+        "gateway_cpu_busy_pct": round(cpu_ms / (elapsed * 10), 1),
+        "p50_ms": round(percentile(lat, 0.50) * 1000, 2),
+        "p99_ms": round(percentile(lat, 0.99) * 1000, 2),
+        "rss_after_load_mb": round(status_kb(pid) / 1024, 1),
+    }
+
+
+# --- memory: one large multipart edit -------------------------------------------------------
+
+class RssSampler(threading.Thread):
+    """Samples VmRSS every 5 ms: VmHWM cannot be reset, so it would show older peaks too."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak_kb, self.done = pid, status_kb(pid), threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                self.peak_kb = max(self.peak_kb, status_kb(self.pid))
+            except (OSError, RuntimeError):
+                return
+            self.done.wait(0.005)
+
+
+def edit_form(image: bytes, model_first: bool) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("prompt", "a bench otter")
+    if model_first:
+        form.add_field("model", MODEL)
+    form.add_field("image", image, filename="big.png", content_type="image/png")
+    if not model_first:  # the gateway must then spool the body to learn the model
+        form.add_field("model", MODEL)
+    return form
+
+
+def big_image(size: int) -> bytes:
+    """A real PNG head (the gateway sniffs the first bytes), padded with random bytes."""
+    head = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 120, 200)).save(head, "PNG")
+    data = head.getvalue()
+    return data + random.Random(11).randbytes(max(0, size - len(data)))
+
+
+async def one_edit(session: aiohttp.ClientSession, base: str, image: bytes,
+                   model_first: bool) -> tuple[int, bytes, float]:
+    started = time.perf_counter()
+    async with session.post(base + "/v1/images/edits", data=edit_form(image, model_first)) as r:
+        body = await r.read()
+    return r.status, body, time.perf_counter() - started
+
+
+async def measure_edit(session: aiohttp.ClientSession, base: str, upstream: str, pid: int,
+                       image: bytes, model_first: bool) -> dict[str, Any]:
+    await asyncio.sleep(0.3)  # let the previous request's buffers be freed before the baseline
+    before_kb, hwm_before = status_kb(pid), status_kb(pid, "VmHWM")
+    sampler = RssSampler(pid)
+    sampler.start()
+    try:
+        status, body, seconds = await one_edit(session, base, image, model_first)
+    finally:
+        sampler.done.set()
+        sampler.join()
+    async with session.get(upstream + "/stats") as resp:
+        received = (await resp.json())["edit_bytes"]
+    return {
+        "status": status, "error": None if status == 200 else body[:300].decode("replace"),
+        "seconds": round(seconds, 2), "upload_mb": round(len(image) / 2**20, 1),
+        "upstream_received_mb": round(received / 2**20, 1),
+        "rss_before_mb": round(before_kb / 1024, 1),
+        "rss_increase_mb": round((sampler.peak_kb - before_kb) / 1024, 2),
+        "rss_after_mb": round(status_kb(pid) / 1024, 1),
+        # VmHWM counts from process start: it moves only if this edit set a new record
+        "hwm_increase_mb": round((status_kb(pid, "VmHWM") - hwm_before) / 1024, 2),
+    }
+
+
+async def measure_edits(base: str, upstream: str, pid: int) -> dict[str, Any]:
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        # a small edit first: lazy set-up (upstream connection, first-call code) is not the
+        # large upload's cost
+        await one_edit(session, base, big_image(256 * 1024), True)
+        image = big_image(EDIT_BYTES)
+        streamed = await measure_edit(session, base, upstream, pid, image, model_first=True)
+        spooled = await measure_edit(session, base, upstream, pid, image, model_first=False)
+    return {"streamed": streamed, "spooled": spooled}
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def verdict(name: str, value: Any) -> tuple[str, str]:
+    target = TARGETS.get(name)
+    if target is None or not isinstance(value, int | float):
+        return "", ""
+    return f"<= {target:g}", "ok" if value <= target else "OVER"
+
+
+def table_rows(r: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    load, edits = r.get("load", {}), r.get("edit", {})
+    rows = [("start-up (s)", r["startup_s"], "startup_s"),
+            ("idle RSS (MB)", r["idle_rss_mb"], "idle_rss_mb")]
+    if load:
+        rows += [("requests/s", load["requests_per_s"], ""),
+                 ("errors", load["errors"], ""),
+                 ("gateway CPU ms / request", load["cpu_ms_per_request"], "cpu_ms_per_request"),
+                 ("gateway CPU busy (%)", load["gateway_cpu_busy_pct"], ""),
+                 ("latency p50 (ms)", load["p50_ms"], ""),
+                 ("latency p99 (ms)", load["p99_ms"], ""),
+                 ("RSS after load (MB)", load["rss_after_load_mb"], "")]
+    for kind, label in (("streamed", "fields first"), ("spooled", "model after file")):
+        e = edits.get(kind)
+        if e:
+            rows += [(f"50 MB edit, {label}: status", e["status"], ""),
+                     (f"50 MB edit, {label}: peak RSS +MB", e["rss_increase_mb"],
+                      "edit_rss_increase_mb"),
+                     (f"50 MB edit, {label}: seconds", e["seconds"], ""),
+                     (f"50 MB edit, {label}: upstream got MB", e["upstream_received_mb"], "")]
+    return rows
+
+
+def print_table(results: dict[str, Any], out: Any) -> None:
+    print(f"\n{'figure':<42} {'value':>10}  {'target':<8} ", file=out)
+    print("-" * 66, file=out)
+    for label, value, key in table_rows(results):
+        target, mark = verdict(key, value)
+        print(f"{label:<42} {value!s:>10}  {target:<8} {mark}", file=out)
+    load = results.get("load", {})
+    if load.get("first_error"):
+        print(f"\nfirst error: {load['first_error']}", file=out)
+    for kind, e in results.get("edit", {}).items():
+        if e.get("error"):
+            print(f"\n{kind} edit error: {e['error']}", file=out)
+
+
+# --- main ------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--seconds", type=float, default=10.0, help="load duration (default 10)")
+    p.add_argument("--concurrency", type=int, default=16, help="parallel clients (default 16)")
+    p.add_argument("--skip-edit", action="store_true", help="skip the 50 MB edit figures")
+    p.add_argument("--skip-load", action="store_true", help="skip the generation load")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
+    p.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def note(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+async def measure(args: argparse.Namespace, base: str, upstream: str, pid: int,
+                  results: dict[str, Any]) -> None:
+    # the edits run first, on a process no load has grown yet: freed load buffers would
+    # otherwise absorb the edit's allocations and hide them from RSS
+    if not args.skip_edit:
+        note("50 MB multipart edits (fields first, then model after the file)")
+        results["edit"] = await measure_edits(base, upstream, pid)
+    if not args.skip_load:
+        note(f"load: 200 warm-up requests, then {args.seconds:g} s at "
+             f"concurrency {args.concurrency}")
+        results["load"] = await measure_load(base, pid, args.concurrency, args.seconds)
+
+
+def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[Any]]) -> dict:
+    upstream_proc, upstream_port = start_upstream()
+    procs.append(upstream_proc)
+    config, log, port = write_config(tmp, upstream_port), tmp / "gateway.log", free_port()
+    note(f"mock upstream on :{upstream_port}; starting the gateway on :{port}")
+    gateway, startup = start_gateway(config, port, log)
+    procs.append(gateway)
+    time.sleep(0.2)  # let start-up allocations settle before the idle reading
+    results: dict[str, Any] = {"startup_s": round(startup, 3),
+                               "idle_rss_mb": round(status_kb(gateway.pid) / 1024, 1)}
+    try:
+        asyncio.run(measure(args, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{upstream_port}",
+                            gateway.pid, results))
+    finally:
+        if gateway.poll() is not None:
+            note(f"the gateway exited ({gateway.returncode}); its log:\n{tail(log)}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.upstream:
+        serve_upstream()
+        return 0
+    # SIGTERM takes the same clean-up path as Ctrl-C
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    procs: list[subprocess.Popen[Any]] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="imagegate-bench-") as tmp:
+            results = run(args, Path(tmp), procs)
+            for proc in reversed(procs):
+                stop(proc)
+    except KeyboardInterrupt:
+        note("interrupted")
+        return 130
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+    print_table(results, sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps({"targets": TARGETS, **results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
