@@ -1,4 +1,4 @@
-"""Routes: fallback to the next tier, cooldown of a failing route, hang-ups cancel upstream calls."""
+"""Routes: fallback to the next tier, cooldown of failing routes, hang-ups cancel upstream."""
 from __future__ import annotations
 
 import asyncio
