@@ -13,6 +13,7 @@ from middlewares.metrics import Metrics
 from proxy.app import create_app
 from proxy.routing import Router
 from tests.conftest import make_config
+from tests.redis_server import free_port
 from tests.upstreams import openai as openai_mock
 
 
@@ -112,3 +113,39 @@ async def test_sdk_sees_502_when_the_only_route_fails(gateway: Any, openai_upstr
         raise AssertionError("expected a 502")
     finally:
         await sdk.close()
+
+
+async def test_unreachable_and_slow_providers(gateway: Any, openai_upstream: Any) -> None:
+    recorder, base_url = openai_upstream
+    recorder.delay_s = 1.0
+    closed = f"http://127.0.0.1:{free_port()}"
+    providers = {
+        "down": {"type": "openai", "base_url": closed, "api_key": "k"},
+        "slow": {"type": "openai", "base_url": base_url, "api_key": openai_mock.API_KEY,
+                 "timeout_s": 0.2},
+    }
+    models = {"down-model": {"routes": [{"provider": "down"}]},
+              "slow-model": {"routes": [{"provider": "slow"}]}}
+    client = await gateway(make_config(providers=providers, models=models))
+    resp = await client.post("/v1/images/generations", json={"model": "down-model", "prompt": "p"})
+    assert resp.status == 502 and (await resp.json())["error"]["code"] == "upstream_unavailable"
+    resp = await client.post("/v1/images/generations", json={"model": "slow-model", "prompt": "p"})
+    assert resp.status == 504 and (await resp.json())["error"]["code"] == "upstream_timeout"
+
+
+async def test_unexpected_failures_are_a_generic_500(gateway: Any, monkeypatch: Any) -> None:
+    import dataclasses
+
+    from adapters import ADAPTERS
+
+    def broken(req: Any) -> Any:
+        raise RuntimeError("internal detail /srv/secret")
+
+    monkeypatch.setitem(ADAPTERS, "local", dataclasses.replace(ADAPTERS["local"], render=broken))
+    client = await gateway(make_config())
+    with capture_logs() as logs:
+        resp = await client.post("/v1/images/generations", json={"model": "local", "prompt": "p"})
+    body = await resp.json()
+    assert resp.status == 500 and body["error"]["code"] == "server_error"
+    assert "secret" not in str(body)
+    assert any(e["event"] == "unhandled_error" and e.get("exc_info") for e in logs)
