@@ -28,8 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 MODEL = "gpt-image-1"
 GEN_BODY = json.dumps({"model": MODEL, "prompt": "a bench otter", "n": 1}).encode()
 EDIT_BYTES = 50 * 1024 * 1024
+MAX_ERRORS = 1000  # a dead gateway fails fast: stop the load rather than spin until the deadline
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# name -> (target, True when lower is better); shown next to the figures, never enforced
+# upper bounds shown next to the figures as "target"; never enforced
 TARGETS = {
     "startup_s": 1.0,
     "idle_rss_mb": 60.0,
@@ -85,6 +86,9 @@ def upstream_app() -> web.Application:
 
 
 def serve_upstream() -> None:
+    # a terminal Ctrl-C reaches the whole group; the bench stops this process itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     async def run() -> None:
         runner = web.AppRunner(upstream_app(), access_log=None)
         await runner.setup()
@@ -159,21 +163,23 @@ def status_kb(pid: int, key: str = "VmRSS") -> int:
     raise RuntimeError(f"{key} missing from /proc/{pid}/status")
 
 
-def start_upstream() -> tuple[subprocess.Popen[str], int]:
+def start_upstream(procs: list[subprocess.Popen[Any]]) -> int:
+    """Spawns the mock upstream (listed in `procs` at once, for clean-up) and returns its port."""
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--upstream"],
-                            stdout=subprocess.PIPE, text=True, preexec_fn=die_with_parent)
+                            stdout=subprocess.PIPE, text=True,
+                            preexec_fn=die_with_parent)  # noqa: PLW1509 (no threads yet)
+    procs.append(proc)
     line = proc.stdout.readline() if proc.stdout else ""
     if not line.strip().isdigit():
-        stop(proc)
         raise RuntimeError("the mock upstream did not start")
-    return proc, int(line)
+    return int(line)
 
 
 def write_config(tmp: Path, upstream_port: int) -> Path:
     path = tmp / "imagegate.yaml"
     path.write_text(
         "server: {host: 127.0.0.1, port: 0, graceful_shutdown_s: 2}\n"
-        f"storage: {{path: {tmp / 'images'}}}\n"  # keeps the repo free of ./data
+        f"storage: {{path: '{tmp / 'images'}'}}\n"  # keeps the repo free of ./data
         "providers:\n"
         f"  openai: {{type: openai, base_url: 'http://127.0.0.1:{upstream_port}',"
         " api_key: sk-bench}\n"
@@ -192,17 +198,19 @@ def healthy(port: int) -> bool:
         conn.close()
 
 
-def start_gateway(config: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], float]:
+def start_gateway(config: Path, port: int, log: Path,
+                  procs: list[subprocess.Popen[Any]]) -> tuple[subprocess.Popen[bytes], float]:
     """Spawns the gateway; start-up time runs from spawn until /healthz answers 200."""
     cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(config),
            "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out:  # a file, not a pipe: one log line per request never blocks
         started = time.perf_counter()
+        # the sampler thread starts later, so preexec_fn runs in a single-threaded process
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=die_with_parent)
+                                preexec_fn=die_with_parent)  # noqa: PLW1509
+    procs.append(proc)
     while not healthy(port):
         if proc.poll() is not None or time.perf_counter() - started > 30:
-            stop(proc)
             raise RuntimeError(f"the gateway did not come up; its log:\n{tail(log)}")
         time.sleep(0.01)
     return proc, time.perf_counter() - started
@@ -252,6 +260,8 @@ async def drive(session: aiohttp.ClientSession, url: str, concurrency: int, *,
 
     async def client() -> None:
         while deadline is None or time.perf_counter() < deadline:
+            if tally.errors >= MAX_ERRORS:
+                return
             if count is not None:
                 if left[0] <= 0:
                     return
@@ -300,11 +310,13 @@ class RssSampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.peak_kb, self.done = pid, status_kb(pid), threading.Event()
+        self.samples = 0
 
     def run(self) -> None:
         while not self.done.is_set():
             try:
                 self.peak_kb = max(self.peak_kb, status_kb(self.pid))
+                self.samples += 1
             except (OSError, RuntimeError):
                 return
             self.done.wait(0.005)
@@ -354,7 +366,7 @@ async def measure_edit(session: aiohttp.ClientSession, base: str, upstream: str,
         "status": status, "error": None if status == 200 else body[:300].decode("replace"),
         "seconds": round(seconds, 2), "upload_mb": round(len(image) / 2**20, 1),
         "upstream_received_mb": round(received / 2**20, 1),
-        "rss_before_mb": round(before_kb / 1024, 1),
+        "rss_before_mb": round(before_kb / 1024, 1), "rss_samples": sampler.samples,
         "rss_increase_mb": round((sampler.peak_kb - before_kb) / 1024, 2),
         "rss_after_mb": round(status_kb(pid) / 1024, 1),
         # VmHWM counts from process start: it moves only if this edit set a new record
@@ -407,11 +419,11 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, Any, str]]:
 
 
 def print_table(results: dict[str, Any], out: Any) -> None:
-    print(f"\n{'figure':<42} {'value':>10}  {'target':<8} ", file=out)
-    print("-" * 66, file=out)
+    print(f"\n{'figure':<46} {'value':>10}  {'target':<8} ", file=out)
+    print("-" * 70, file=out)
     for label, value, key in table_rows(results):
         target, mark = verdict(key, value)
-        print(f"{label:<42} {value!s:>10}  {target:<8} {mark}", file=out)
+        print(f"{label:<46} {value!s:>10}  {target:<8} {mark}", file=out)
     load = results.get("load", {})
     if load.get("first_error"):
         print(f"\nfirst error: {load['first_error']}", file=out)
@@ -451,12 +463,10 @@ async def measure(args: argparse.Namespace, base: str, upstream: str, pid: int,
 
 
 def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[Any]]) -> dict:
-    upstream_proc, upstream_port = start_upstream()
-    procs.append(upstream_proc)
+    upstream_port = start_upstream(procs)
     config, log, port = write_config(tmp, upstream_port), tmp / "gateway.log", free_port()
     note(f"mock upstream on :{upstream_port}; starting the gateway on :{port}")
-    gateway, startup = start_gateway(config, port, log)
-    procs.append(gateway)
+    gateway, startup = start_gateway(config, port, log, procs)
     time.sleep(0.2)  # let start-up allocations settle before the idle reading
     results: dict[str, Any] = {"startup_s": round(startup, 3),
                                "idle_rss_mb": round(status_kb(gateway.pid) / 1024, 1)}
@@ -469,13 +479,17 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[Any]])
     return results
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.upstream:
         serve_upstream()
         return 0
     # SIGTERM takes the same clean-up path as Ctrl-C
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     procs: list[subprocess.Popen[Any]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="imagegate-bench-") as tmp:
@@ -485,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         note("interrupted")
         return 130
+    except RuntimeError as exc:
+        note(f"failed: {exc}")
+        return 1
     finally:
         for proc in reversed(procs):
             stop(proc)
