@@ -93,6 +93,7 @@ class Capabilities:
     mask: bool = False
     images_per_call: int = 1  # n above this is made by concurrent calls
     max_input_images: int = 16
+    formats: bool = False  # makes output_format / output_compression itself: no transcoding
 
 
 def bearer(api_key: str) -> dict[str, str]:

@@ -24,7 +24,7 @@ from adapters.base import (
 from config.errors import GatewayError
 
 CAPABILITIES = Capabilities(
-    generate=True, edit=True, mask=True, images_per_call=10, max_input_images=16
+    generate=True, edit=True, mask=True, images_per_call=10, max_input_images=16, formats=True
 )
 FORMATS: dict[str, tuple[str, str]] = {  # output_format -> (Pillow format, mime)
     "png": ("PNG", "image/png"),

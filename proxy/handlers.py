@@ -124,7 +124,9 @@ async def produce(request: web.Request, route: RouteState, state: ProviderState,
     if not generated:
         raise GatewayError("no_image", "The provider answered without an image.")
     base = gw.public_base_url or f"{request.scheme}://{request.host}"
-    data = list(await asyncio.gather(*(gw.finisher.image(img, req, base) for img in generated)))
+    done = state.adapter.capabilities.formats
+    data = list(await asyncio.gather(*(gw.finisher.image(img, req, base, done)
+                                       for img in generated)))
     created = max(r.created for r in results) or int(time.time())
     usage = images.sum_usage(results)
     body = ImagesResponse(created=created, data=data,

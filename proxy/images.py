@@ -120,7 +120,11 @@ class Finisher:
     def __init__(self, store: ImageStore, fetcher: Fetcher) -> None:
         self.store, self.fetcher = store, fetcher
 
-    async def image(self, img: GeneratedImage, req: ImageRequest, base_url: str) -> Image:
+    async def image(self, img: GeneratedImage, req: ImageRequest, base_url: str,
+                    formats_done: bool = False) -> Image:
+        revised = img.revised_prompt if img.revised_prompt else msgspec.UNSET
+        if formats_done and img.b64_json is not None and req.response_format != "url":
+            return Image(b64_json=img.b64_json, revised_prompt=revised)  # nothing to change
         if img.b64_json is not None:
             data = base64.b64decode(img.b64_json)
         else:
@@ -131,10 +135,10 @@ class Finisher:
                                    "downloaded.") from exc
         mime = sniff_mime(data[:16]) or img.mime or "image/png"
         wanted = MIMES.get(req.output_format or "", mime)
-        if wanted != mime or (req.output_compression is not None and wanted != "image/png"):
+        recompress = req.output_compression is not None and wanted != "image/png"
+        if not formats_done and (wanted != mime or recompress):
             data, mime = await asyncio.to_thread(transcode, data, mime, req.output_format,
                                                  req.output_compression)
-        revised = img.revised_prompt if img.revised_prompt else msgspec.UNSET
         if req.response_format == "url":
             name, query = await self.store.save(data, mime)
             return Image(url=f"{base_url}/v1/images/files/{name}?{query}", revised_prompt=revised)
