@@ -147,3 +147,21 @@ async def test_gpt_image_url_answers_are_hosted_and_tokens_counted(setup: Any) -
         "imagegate_tokens_total", {"model": "gpt-image-1", "provider": "openai", "kind": "output"})
     assert value == 2 * 4160
 
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK's own warning
+async def test_variations_are_forwarded_to_openai_routes(setup: Any) -> None:
+    recorder, _, sdk = setup
+    result = await sdk.images.create_variation(model="house-image", n=2,
+                                               image=("a.png", PNG, "image/png"))
+    assert len(result.data) == 2 and recorder.last.path == "/images/variations"
+    fields = {p.name: p.text for p in recorder.last.parts if not p.filename}
+    assert fields["model"] == "gpt-image-1" and fields["n"] == "2"
+
+
+async def test_request_id_is_echoed_or_made(setup: Any) -> None:
+    _, client, _ = setup
+    resp = await client.get("/healthz", headers={"x-request-id": "client-id-1"})
+    assert resp.headers["x-request-id"] == "client-id-1"
+    resp = await client.get("/healthz", headers={"x-request-id": "bad id\twith spaces"})
+    assert resp.headers["x-request-id"].startswith("req_")
