@@ -1,7 +1,9 @@
 """OpenAI image APIs to provider APIs: pure, table-driven adapters, one module per type."""
-from adapters import ark, local, openai, zai
+from adapters import ark, gemini, local, openai, openrouter, zai
 from adapters.base import Adapter
 
-ADAPTERS: dict[str, Adapter] = {m.ADAPTER.type: m.ADAPTER for m in (openai, ark, zai, local)}
+ADAPTERS: dict[str, Adapter] = {
+    m.ADAPTER.type: m.ADAPTER for m in (openai, ark, zai, openrouter, gemini, local)
+}
 
 __all__ = ["ADAPTERS", "Adapter"]

@@ -120,7 +120,9 @@ async def produce(request: web.Request, route: RouteState, state: ProviderState,
     """Calls the provider, then normalises: the answer and how many images failed."""
     gw = request.app[GATEWAY]
     results = await images.call_provider(gw.upstream, state, req, encoded)
-    generated = [img for r in results for img in r.images]
+    # a provider that answers more images than asked (an OpenRouter model replying with two)
+    # still gives the client exactly n
+    generated = [img for r in results for img in r.images][: req.n]
     if not generated:
         raise GatewayError("no_image", "The provider answered without an image.")
     base = gw.public_base_url or f"{request.scheme}://{request.host}"

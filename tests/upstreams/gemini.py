@@ -140,7 +140,7 @@ def fault(recorder: Recorder, model: str) -> web.Response | None:
 
 def _parts(mode: str) -> list[dict[str, Any]]:
     final = {"inlineData": {"mimeType": "image/png", "data": b64(FINAL_PNG)}}
-    parts = {
+    parts: dict[str, list[dict[str, Any]]] = {
         "jpeg": [{"inlineData": {"mimeType": "image/jpeg", "data": b64(JPEG)}}],
         "thought": [{"text": "Planning the composition.", "thought": True},
                     {"inlineData": {"mimeType": "image/png", "data": b64(DRAFT_PNG)},
@@ -149,6 +149,7 @@ def _parts(mode: str) -> list[dict[str, Any]]:
                     {**final, "thoughtSignature": "c2lnbmF0dXJl"}],
         "text_only": [{"text": "I can describe it, but here is no image."}],
         "image_safety": [],
+        "no_image": [],
     }
     return parts.get(mode, [{"text": "Here is your image: "}, final])
 
@@ -157,8 +158,10 @@ def success(recorder: Recorder, model: str, body: dict[str, Any]) -> web.Respons
     inputs = len(body["contents"][0]["parts"]) - 1
     prompt = [{"modality": "TEXT", "tokenCount": 12}]
     prompt += [{"modality": "IMAGE", "tokenCount": 258 * inputs}] if inputs else []
+    thoughts = 200 if recorder.mode == "thought" else 0  # Gemini 3 bills its thinking
     usage = {"promptTokenCount": 12 + 258 * inputs, "candidatesTokenCount": 1296,
-             "totalTokenCount": 12 + 258 * inputs + 1296, "promptTokensDetails": prompt,
+             "thoughtsTokenCount": thoughts,
+             "totalTokenCount": 12 + 258 * inputs + 1296 + thoughts, "promptTokensDetails": prompt,
              "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": 1290}]}
     if recorder.mode == "block_reason":
         return web.json_response({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
@@ -166,11 +169,8 @@ def success(recorder: Recorder, model: str, body: dict[str, Any]) -> web.Respons
                                                     "totalTokenCount": 12},
                                   "modelVersion": model})
     finish = {"image_safety": "IMAGE_SAFETY", "no_image": "NO_IMAGE"}.get(recorder.mode, "STOP")
-    if recorder.mode == "thought":
-        usage["thoughtsTokenCount"] = 200
-        usage["totalTokenCount"] += 200
-    parts = [] if recorder.mode == "no_image" else _parts(recorder.mode)
-    candidate = {"content": {"parts": parts, "role": "model"}, "finishReason": finish,
+    candidate = {"content": {"parts": _parts(recorder.mode), "role": "model"},
+                 "finishReason": finish,
                  "index": 0}
     return web.json_response({"candidates": [candidate], "usageMetadata": usage,
                               "modelVersion": model, "responseId": "mock-response"})

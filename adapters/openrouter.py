@@ -1,0 +1,224 @@
+"""OpenRouter image models: OpenAI images <-> POST {base_url}/chat/completions with modalities."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from adapters.aspect import image_shape
+from adapters.base import (
+    DROP,
+    REJECT,
+    Adapter,
+    Capabilities,
+    GeneratedImage,
+    ImageRequest,
+    Policy,
+    ProviderResult,
+    UpstreamRequest,
+    UpstreamResponse,
+    apply_policy,
+    bearer,
+    data_url,
+    safe_message,
+    status_error,
+)
+from config.api import Usage
+from config.errors import GatewayError
+
+# HTTP-Referer / X-Title attribution is the provider config's `headers:`, added by the proxy.
+PATH: Final = "/chat/completions"  # generations and edits alike: image parts make an edit
+CAPABILITIES = Capabilities(generate=True, edit=True, mask=False, images_per_call=1)
+POLICY: dict[str, Policy] = {
+    "mask": REJECT,  # no mask input: editing the whole image would silently differ
+    "background": DROP, "style": DROP, "moderation": DROP, "output_compression": DROP,
+    "seed": DROP, "input_fidelity": DROP,
+}
+# finish_reason / native_finish_reason values meaning a safety refusal. native_* relays the
+# serving provider's own word: OpenAI-style `content_filter`, Google's enum names.
+SAFETY_FINISH: Final = frozenset({
+    "CONTENT_FILTER", "SAFETY", "IMAGE_SAFETY", "PROHIBITED_CONTENT",
+    "IMAGE_PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION", "IMAGE_RECITATION",
+})
+
+
+class OpenRouterImageURL(msgspec.Struct):
+    url: str = ""
+
+
+class OpenRouterTextPart(msgspec.Struct, tag="text", tag_field="type"):
+    text: str
+
+
+class OpenRouterImagePart(msgspec.Struct, tag="image_url", tag_field="type"):
+    image_url: OpenRouterImageURL
+
+
+class OpenRouterMessage(msgspec.Struct):
+    content: list[OpenRouterTextPart | OpenRouterImagePart]
+    role: str = "user"
+
+
+class OpenRouterImageConfig(msgspec.Struct, omit_defaults=True):
+    aspect_ratio: str | UnsetType = UNSET
+    image_size: str | UnsetType = UNSET
+
+
+class OpenRouterChatRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
+    model: str
+    messages: list[OpenRouterMessage]
+    modalities: list[str]
+    image_config: OpenRouterImageConfig | UnsetType = UNSET
+    user: str | UnsetType = UNSET  # `stream` is never sent: the default (false) is what we want
+
+
+class OpenRouterImage(msgspec.Struct):
+    image_url: OpenRouterImageURL | None = None
+
+
+class OpenRouterReply(msgspec.Struct):
+    # `content` is not read: it is chat chatter ("Here is your image!"), not a revised prompt,
+    # and some providers send it as a list of parts, which a `str` view would refuse.
+    images: list[OpenRouterImage] | None = None
+
+
+class OpenRouterChoice(msgspec.Struct):
+    message: OpenRouterReply | None = None
+    finish_reason: str | None = None
+    native_finish_reason: str | None = None
+
+
+class OpenRouterTokenDetails(msgspec.Struct):
+    image_tokens: int | None = None
+
+
+class OpenRouterUsage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    completion_tokens_details: OpenRouterTokenDetails | None = None
+
+
+class OpenRouterErrorMetadata(msgspec.Struct):
+    reasons: list[str] | None = None  # 403 moderation; `flagged_input` is never read
+
+
+class OpenRouterError(msgspec.Struct):
+    code: int | str | None = None  # the HTTP status, also inside 200 answers
+    message: str = ""
+    metadata: OpenRouterErrorMetadata | None = None
+
+
+class OpenRouterChatResponse(msgspec.Struct):
+    created: int | None = None
+    choices: list[OpenRouterChoice] = []
+    usage: OpenRouterUsage | None = None
+    error: OpenRouterError | None = None
+
+
+class OpenRouterErrorEnvelope(msgspec.Struct):
+    error: OpenRouterError | None = None
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(OpenRouterChatResponse).decode
+_decode_error = msgspec.json.Decoder(OpenRouterErrorEnvelope).decode
+
+
+def encode_request(req: ImageRequest) -> UpstreamRequest:
+    dropped = apply_policy(req, POLICY)
+    shape = image_shape(req.size, req.quality)
+    config = OpenRouterImageConfig(aspect_ratio=shape.aspect_ratio or UNSET,
+                                   image_size=shape.image_size or UNSET)
+    parts: list[OpenRouterTextPart | OpenRouterImagePart] = [OpenRouterTextPart(req.prompt)]
+    parts += [OpenRouterImagePart(OpenRouterImageURL(data_url(image))) for image in req.images]
+    body = OpenRouterChatRequest(
+        model=req.model, messages=[OpenRouterMessage(parts)],
+        modalities=["image"] if req.image_only else ["image", "text"],
+        image_config=config if shape.aspect_ratio or shape.image_size else UNSET,
+        user=req.user or UNSET,
+    )
+    return UpstreamRequest(path=PATH, body=_encode(body), dropped=dropped + shape.dropped)
+
+
+def _moderation(err: OpenRouterError) -> GatewayError:
+    reasons = err.metadata.reasons if err.metadata and err.metadata.reasons else []
+    detail = f" (reasons: {safe_message(', '.join(reasons), 100)})" if reasons else ""
+    return GatewayError("content_policy_violation",
+                        f"The provider's moderation flagged the input{detail}.")
+
+
+def map_error(status: int, err: OpenRouterError, headers: Mapping[str, str]) -> GatewayError:
+    """OpenRouter's error (HTTP or inside a 200) -> the gateway's; auth text is never relayed."""
+    retry_after = headers.get("retry-after")
+    if status == 403:
+        return _moderation(err)
+    if status == 404:  # the configured model id is unknown or offers no image output
+        return GatewayError("upstream_unavailable", "The provider does not offer this model.")
+    if status == 400:
+        return status_error(400, safe_message(err.message))
+    # 429's text is often "Provider returned error"; metadata.raw holds the upstream body.
+    return status_error(status, "", retry_after=retry_after)
+
+
+def _error_of(resp: UpstreamResponse) -> GatewayError:
+    try:
+        err = _decode_error(resp.body).error or OpenRouterError()
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        err = OpenRouterError()  # not OpenRouter's JSON (an HTML page): the status is all we have
+    return map_error(resp.status, err, resp.headers)
+
+
+def _image(url: str) -> GeneratedImage | None:
+    head, sep, payload = url.partition(";base64,")
+    if head.startswith("data:image/") and sep and payload:
+        return GeneratedImage(b64_json=payload, mime=head.removeprefix("data:").split(";")[0])
+    if url.startswith(("https://", "http://")):
+        return GeneratedImage(url=url)
+    return None
+
+
+def _no_image(choice: OpenRouterChoice | None) -> GatewayError:
+    reasons = [] if choice is None else [choice.finish_reason, choice.native_finish_reason]
+    if any((reason or "").upper() in SAFETY_FINISH for reason in reasons):
+        return GatewayError("content_policy_violation",
+                            "The provider refused to make the image for safety reasons.")
+    return GatewayError("no_image", "The model answered without an image.")
+
+
+def _usage(usage: OpenRouterUsage | None) -> Usage | None:
+    if usage is None:
+        return None
+    details = usage.completion_tokens_details
+    images = None if details is None else details.image_tokens
+    return Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
+                 total_tokens=usage.total_tokens,
+                 output_tokens_details=UNSET if images is None else {"image_tokens": images})
+
+
+def decode_response(resp: UpstreamResponse) -> ProviderResult:
+    if resp.status >= 400:
+        raise _error_of(resp)
+    try:
+        parsed = _decode(resp.body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise GatewayError("upstream_unavailable", "The provider sent an unreadable answer.") \
+            from exc
+    if parsed.error is not None:  # failed after generation started: the status is in the body
+        code = parsed.error.code
+        raise map_error(code if isinstance(code, int) and code >= 400 else 502, parsed.error,
+                        resp.headers)
+    choice = parsed.choices[0] if parsed.choices else None
+    items = (choice.message.images if choice and choice.message else None) or []
+    images = [image for item in items
+              if item.image_url and (image := _image(item.image_url.url)) is not None]
+    if not images:
+        raise _no_image(choice)
+    return ProviderResult(images=images, created=parsed.created or resp.received_at,
+                          usage=_usage(parsed.usage), failed=len(items) - len(images))
+
+
+ADAPTER = Adapter(type="openrouter", capabilities=CAPABILITIES, encode_request=encode_request,
+                  decode_response=decode_response, auth_headers=bearer, policy=POLICY)

@@ -1,0 +1,218 @@
+"""OpenRouter adapter: golden cases from tests/fixtures/openrouter, then the mock upstream."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp import ClientSession
+from PIL import Image
+
+from adapters import aspect, openrouter
+from adapters.base import (
+    ImageRequest,
+    InputImage,
+    UpstreamRequest,
+    UpstreamResponse,
+    bearer,
+    image_size_class,
+    nearest_ratio,
+    parse_size,
+)
+from config.errors import GatewayError
+from tests.upstreams.openrouter import API_KEY, PNG, Recorder, make_app
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "openrouter"
+CASES = {path.stem: json.loads(path.read_text()) for path in sorted(FIXTURES.glob("*.json"))}
+KINDS = ("encode", "encode_error", "decode", "decode_error")
+OPENAI_SIZES = ("256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024",
+                "1024x1792", "auto")
+
+
+def cases(kind: str) -> list[Any]:
+    return [pytest.param(case, id=name) for name, case in CASES.items() if case["kind"] == kind]
+
+
+def upstream_response(spec: dict[str, Any]) -> UpstreamResponse:
+    body = spec["body_text"].encode() if "body_text" in spec else json.dumps(spec["body"]).encode()
+    return UpstreamResponse(status=spec["status"], body=body, headers=spec["headers"],
+                            received_at=spec["received_at"])
+
+
+def plain(value: Any) -> Any:
+    """Builtins without the None fields, so fixtures list only what an answer carries."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items() if v is not None}
+    return [plain(v) for v in value] if isinstance(value, list) else value
+
+
+def assert_error(exc: GatewayError, expected: dict[str, Any]) -> None:
+    assert (exc.status, exc.code, exc.param) == (expected["status"], expected["code"],
+                                                 expected["param"])
+    if "headers" in expected:
+        assert exc.headers == expected["headers"]
+    assert all(text in exc.message for text in expected.get("message_has", []))
+    assert not any(text in exc.message for text in expected.get("message_lacks", []))
+
+
+def test_fixtures_cover_every_kind_and_size() -> None:
+    assert len(CASES) >= 70
+    assert {case["kind"] for case in CASES.values()} == set(KINDS)
+    sizes = {case["request"].get("size") for case in CASES.values() if case["kind"] == "encode"}
+    assert set(OPENAI_SIZES) <= sizes
+
+
+@pytest.mark.parametrize("case", cases("encode"))
+def test_encode(case: dict[str, Any]) -> None:
+    sent = openrouter.encode_request(msgspec.convert(case["request"], ImageRequest))
+    assert sent.path == case["expected"]["path"]
+    assert (sent.method, sent.content_type) == ("POST", "application/json")
+    assert json.loads(sent.body) == case["expected"]["body"]
+    assert list(sent.dropped) == case["expected"]["dropped"]
+
+
+@pytest.mark.parametrize("case", cases("encode_error"))
+def test_encode_error(case: dict[str, Any]) -> None:
+    with pytest.raises(GatewayError) as info:
+        openrouter.encode_request(msgspec.convert(case["request"], ImageRequest))
+    assert_error(info.value, case["error"])
+
+
+@pytest.mark.parametrize("case", cases("decode"))
+def test_decode(case: dict[str, Any]) -> None:
+    result = openrouter.decode_response(upstream_response(case["response"]))
+    assert plain(msgspec.to_builtins(result)) == case["expected"]
+
+
+@pytest.mark.parametrize("case", cases("decode_error"))
+def test_decode_error(case: dict[str, Any]) -> None:
+    with pytest.raises(GatewayError) as info:
+        openrouter.decode_response(upstream_response(case["response"]))
+    assert_error(info.value, case["error"])
+
+
+@pytest.mark.parametrize("size", sorted(aspect.SIZES))
+def test_size_table_agrees_with_the_computed_rule(size: str) -> None:
+    parsed = parse_size(size)
+    assert parsed is not None
+    assert aspect.SIZES[size] == (nearest_ratio(*parsed), image_size_class(*parsed))
+
+
+def test_adapter_declares_one_image_per_call() -> None:
+    assert openrouter.ADAPTER.type == "openrouter"
+    assert openrouter.CAPABILITIES.images_per_call == 1 and not openrouter.CAPABILITIES.mask
+    assert openrouter.ADAPTER.auth_headers("k") == {"Authorization": "Bearer k"}
+    assert openrouter.ADAPTER.policy is openrouter.POLICY
+
+
+# --- against the mock upstream --------------------------------------------------------------
+
+def real_image(color: tuple[int, int, int], fmt: str = "PNG") -> InputImage:
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4), color).save(out, fmt)
+    return InputImage(data=out.getvalue(), mime=f"image/{fmt.lower()}", filename="in")
+
+
+async def call(server: Any, sent: UpstreamRequest, key: str | None = API_KEY) -> UpstreamResponse:
+    headers = {**(bearer(key) if key else {}), "Content-Type": sent.content_type}
+    async with ClientSession() as session:
+        async with session.post(server.make_url(sent.path), data=sent.body,
+                                headers=headers) as answer:
+            return UpstreamResponse(status=answer.status, body=await answer.read(),
+                                    headers={k.lower(): v for k, v in answer.headers.items()})
+
+
+def request(**fields: Any) -> ImageRequest:
+    fields.setdefault("operation", "generate")
+    return ImageRequest(model="google/gemini-2.5-flash-image", prompt="a fox", **fields)
+
+
+async def test_mock_generation_returns_a_real_png(aiohttp_server: Any) -> None:
+    recorder = Recorder()
+    server = await aiohttp_server(make_app(recorder))
+    sent = openrouter.encode_request(request(size="1792x1024", user="u-1"))
+    result = openrouter.decode_response(await call(server, sent))
+    image = result.images[0]
+    assert base64.b64decode(image.b64_json or "") == PNG and image.mime == "image/png"
+    assert Image.open(io.BytesIO(PNG)).format == "PNG"
+    seen = recorder.requests[0]
+    assert (seen.path, seen.headers["Authorization"]) == ("/chat/completions", f"Bearer {API_KEY}")
+    assert seen.json["image_config"] == {"aspect_ratio": "16:9", "image_size": "2K"}
+    assert "stream" not in seen.json and seen.json["user"] == "u-1"
+    assert result.usage is not None and result.usage.output_tokens_details == {
+        "image_tokens": 1290}
+
+
+async def test_mock_accepts_a_multi_image_edit(aiohttp_server: Any) -> None:
+    recorder = Recorder()
+    server = await aiohttp_server(make_app(recorder))
+    images = [real_image((255, 0, 0)), real_image((0, 0, 255), "JPEG")]
+    sent = openrouter.encode_request(request(operation="edit", images=images, image_only=True))
+    result = openrouter.decode_response(await call(server, sent))
+    assert len(result.images) == 1 and result.usage is not None
+    assert result.usage.input_tokens == 12 + 2 * 258  # the mock counted both input images
+    content = recorder.requests[0].json["messages"][0]["content"]
+    assert [part["type"] for part in content] == ["text", "image_url", "image_url"]
+    assert content[2]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    assert recorder.requests[0].json["modalities"] == ["image"]
+
+
+async def test_mock_url_answer_is_downloadable(aiohttp_server: Any) -> None:
+    server = await aiohttp_server(make_app(Recorder(mode="url")))
+    result = openrouter.decode_response(await call(server, openrouter.encode_request(request())))
+    url = result.images[0].url or ""
+    assert url == str(server.make_url("/files/image_0.png"))
+    async with ClientSession() as session, session.get(url) as answer:
+        assert await answer.read() == PNG
+
+
+@pytest.mark.parametrize("change", [{"stream": True}, {"image_config": {}},
+                                    {"modalities": ["text"]}, {"n": 2}])
+async def test_mock_refuses_what_the_adapter_never_sends(aiohttp_server: Any,
+                                                         change: dict[str, Any]) -> None:
+    server = await aiohttp_server(make_app(Recorder()))
+    good = openrouter.encode_request(request())
+    bad = UpstreamRequest(path=good.path, body=json.dumps({**json.loads(good.body), **change})
+                          .encode())
+    with pytest.raises(GatewayError) as info:
+        openrouter.decode_response(await call(server, bad))
+    assert info.value.code == "invalid_value"
+
+
+@pytest.mark.parametrize(("mode", "code", "headers"), [
+    ("text_only", "no_image", {}),
+    ("empty_images", "no_image", {}),
+    ("content_filter", "content_policy_violation", {}),
+    ("auth", "upstream_auth_failed", {}),
+    ("rate_limit", "upstream_rate_limited", {"retry-after": "4"}),
+    ("quota", "insufficient_quota", {}),
+    ("moderation", "content_policy_violation", {}),
+    ("error_in_200", "upstream_unavailable", {}),
+    ("not_found", "upstream_unavailable", {}),
+    ("unavailable", "upstream_unavailable", {"retry-after": "4"}),
+    ("bad_request", "invalid_value", {}),
+    ("not_json", "upstream_unavailable", {}),
+])
+async def test_mock_faults(aiohttp_server: Any, mode: str, code: str,
+                           headers: dict[str, str]) -> None:
+    server = await aiohttp_server(make_app(Recorder(mode=mode)))
+    answer = await call(server, openrouter.encode_request(request()))
+    with pytest.raises(GatewayError) as info:
+        openrouter.decode_response(answer)
+    assert (info.value.code, info.value.headers) == (code, headers)
+    assert "a gory scene" not in info.value.message  # moderation's flagged_input stays upstream
+
+
+@pytest.mark.parametrize("key", ["wrong", None])
+async def test_mock_bad_or_missing_key_is_upstream_auth_failed(aiohttp_server: Any,
+                                                               key: str | None) -> None:
+    server = await aiohttp_server(make_app(Recorder()))
+    answer = await call(server, openrouter.encode_request(request()), key=key)
+    assert answer.status == 401
+    with pytest.raises(GatewayError) as info:
+        openrouter.decode_response(answer)
+    assert (info.value.status, info.value.code) == (502, "upstream_auth_failed")
