@@ -1,0 +1,118 @@
+"""OpenRouter and Gemini behind the gateway, driven by the official SDK: chat answers as images."""
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import openai
+import pytest
+from PIL import Image
+
+from tests.conftest import make_config
+from tests.upstreams import gemini as gemini_mock
+from tests.upstreams import openrouter as or_mock
+from tests.upstreams.openai import png_bytes
+
+
+@pytest.fixture
+async def env(aiohttp_server: Any, gateway: Any, tmp_path: Any) -> Any:
+    orr, gem = or_mock.Recorder(), gemini_mock.Recorder()
+    or_url = str((await aiohttp_server(or_mock.make_app(orr))).make_url("")).rstrip("/")
+    gem_url = str((await aiohttp_server(gemini_mock.make_app(gem))).make_url("")).rstrip("/")
+    providers = {
+        "openrouter": {"type": "openrouter", "base_url": or_url, "api_key": or_mock.API_KEY,
+                       "headers": {"HTTP-Referer": "https://app.example", "X-Title": "Demo"}},
+        "gemini": {"type": "gemini", "base_url": gem_url, "api_key": gemini_mock.API_KEY},
+    }
+    models = {
+        "or-image": {"routes": [{"provider": "openrouter",
+                                 "model": "google/gemini-2.5-flash-image"}]},
+        "gemini-image": {"routes": [{"provider": "gemini", "model": "gemini-2.5-flash-image",
+                                     "image_only": True}]},
+    }
+    client = await gateway(make_config(tmp_path=tmp_path, providers=providers, models=models))
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    yield sdk, orr, gem
+    await sdk.close()
+
+
+def pixels(b64: str) -> tuple[str, Any]:
+    im = Image.open(io.BytesIO(base64.b64decode(b64)))
+    return im.format, im.convert("RGB").getpixel((0, 0))
+
+
+async def test_generation_n2_sizes_and_headers(env: Any) -> None:
+    sdk, orr, gem = env
+    result = await sdk.images.generate(model="or-image", prompt="p", n=2, size="1536x1024")
+    assert len(result.data) == 2 and len(orr.requests) == 2
+    sent = orr.requests[-1]
+    assert sent.json["image_config"] == {"aspect_ratio": "3:2", "image_size": "1K"}
+    assert sent.json["modalities"] == ["image", "text"]
+    assert sent.headers["X-Title"] == "Demo" and sent.headers["HTTP-Referer"]
+    assert result.usage is not None and result.usage.output_tokens > 0
+    result = await sdk.images.generate(model="gemini-image", prompt="p", n=2, size="1792x1024",
+                                       output_format="jpeg")
+    assert [pixels(d.b64_json)[0] for d in result.data] == ["JPEG", "JPEG"]
+    config = gem.requests[-1].json["generationConfig"]
+    assert config["responseModalities"] == ["IMAGE"]
+    assert config["imageConfig"] == {"aspectRatio": "16:9", "imageSize": "2K"}
+
+
+async def test_gemini_skips_thought_images(env: Any) -> None:
+    sdk, _, gem = env
+    gem.mode = "thought"
+    result = await sdk.images.generate(model="gemini-image", prompt="p")
+    final = Image.open(io.BytesIO(gemini_mock.FINAL_PNG)).convert("RGB").getpixel((0, 0))
+    assert pixels(result.data[0].b64_json)[1] == final
+
+
+async def test_edits_single_multi_and_mask_refused(env: Any) -> None:
+    sdk, orr, gem = env
+    a, b = png_bytes((1, 2, 3)), png_bytes((7, 8, 9))
+    await sdk.images.edit(model="or-image", prompt="p", image=("a.png", a, "image/png"))
+    content = orr.requests[-1].json["messages"][0]["content"]
+    assert [c["type"] for c in content] == ["text", "image_url"]
+    await sdk.images.edit(model="gemini-image", prompt="p",
+                          image=[("a.png", a, "image/png"), ("b.png", b, "image/png")])
+    parts = gem.requests[-1].json["contents"][0]["parts"]
+    assert parts[0] == {"text": "p"}
+    assert [base64.b64decode(p["inlineData"]["data"]) for p in parts[1:]] == [a, b]
+    for model in ("or-image", "gemini-image"):
+        with pytest.raises(openai.BadRequestError) as info:
+            await sdk.images.edit(model=model, prompt="p", image=("a.png", a, "image/png"),
+                                  mask=("m.png", a, "image/png"))
+        assert info.value.param == "mask"
+
+
+@pytest.mark.parametrize(("target", "mode", "exc", "code"), [
+    ("gemini", "block_reason", openai.BadRequestError, "content_policy_violation"),
+    ("gemini", "image_safety", openai.BadRequestError, "content_policy_violation"),
+    ("gemini", "text_only", openai.InternalServerError, "no_image"),
+    ("gemini", "no_image", openai.InternalServerError, "no_image"),
+    ("openrouter", "text_only", openai.InternalServerError, "no_image"),
+    ("openrouter", "moderation", openai.BadRequestError, "content_policy_violation"),
+    ("openrouter", "quota", openai.APIStatusError, "insufficient_quota"),
+    ("openrouter", "error_in_200", openai.InternalServerError, "upstream_unavailable"),
+    ("gemini", "auth", openai.InternalServerError, "upstream_auth_failed"),
+])
+async def test_no_image_and_errors_are_never_a_200(env: Any, target: str, mode: str, exc: type,
+                                                   code: str) -> None:
+    sdk, orr, gem = env
+    (gem if target == "gemini" else orr).mode = mode
+    model = "gemini-image" if target == "gemini" else "or-image"
+    with pytest.raises(exc) as info:
+        await sdk.images.generate(model=model, prompt="p")
+    assert info.value.code == code
+
+
+@pytest.mark.parametrize(("target", "expected"), [("gemini", "2"), ("openrouter", "4")])
+async def test_429_carries_retry_after(env: Any, target: str, expected: str) -> None:
+    sdk, orr, gem = env
+    (gem if target == "gemini" else orr).mode = "rate_limit"
+    model = "gemini-image" if target == "gemini" else "or-image"
+    raw = sdk.images.with_raw_response
+    with pytest.raises(openai.RateLimitError) as info:
+        await raw.generate(model=model, prompt="p")
+    assert info.value.response.headers["retry-after"] == expected
+    assert info.value.code == "upstream_rate_limited"
