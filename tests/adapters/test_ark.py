@@ -1,85 +1,28 @@
-"""Ark adapter: golden cases from tests/fixtures/ark, then round trips through the mock upstream."""
+"""Ark adapter: fixture coverage and capabilities, then round trips through the mock upstream."""
 from __future__ import annotations
 
 import base64
 import io
 import json
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from aiohttp import ClientSession
 from PIL import Image
 
 from adapters import ark
-from adapters.base import ImageRequest, InputImage, UpstreamRequest, UpstreamResponse, bearer
+from adapters.base import ImageRequest, UpstreamRequest, bearer
 from config.errors import GatewayError
+from tests.adapters.golden import KINDS, call, load_cases, real_image
 from tests.upstreams.ark import API_KEY, Recorder, make_app
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "ark"
-CASES = {path.stem: json.loads(path.read_text()) for path in sorted(FIXTURES.glob("*.json"))}
-KINDS = ("encode", "encode_error", "decode", "decode_error")
-
-
-def cases(kind: str) -> list[Any]:
-    return [pytest.param(case, id=name) for name, case in CASES.items() if case["kind"] == kind]
-
-
-def upstream_response(spec: dict[str, Any]) -> UpstreamResponse:
-    body = spec["body_text"].encode() if "body_text" in spec else json.dumps(spec["body"]).encode()
-    return UpstreamResponse(status=spec["status"], body=body, headers=spec["headers"],
-                            received_at=spec["received_at"])
-
-
-def plain(value: Any) -> Any:
-    """Builtins without the None fields, so fixtures list only what an answer carries."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items() if v is not None}
-    return [plain(v) for v in value] if isinstance(value, list) else value
-
-
-def assert_error(exc: GatewayError, expected: dict[str, Any]) -> None:
-    assert (exc.status, exc.code, exc.param) == (expected["status"], expected["code"],
-                                                 expected["param"])
-    if "headers" in expected:
-        assert exc.headers == expected["headers"]
-    assert all(text in exc.message for text in expected.get("message_has", []))
-    assert not any(text in exc.message for text in expected.get("message_lacks", []))
+CASES = load_cases("ark")
+AUTH = bearer(API_KEY)
 
 
 def test_fixtures_cover_every_kind() -> None:
     assert len(CASES) >= 60
     assert {case["kind"] for case in CASES.values()} == set(KINDS)
-
-
-@pytest.mark.parametrize("case", cases("encode"))
-def test_encode(case: dict[str, Any]) -> None:
-    sent = ark.encode_request(msgspec.convert(case["request"], ImageRequest))
-    assert sent.path == case["expected"]["path"]
-    assert (sent.method, sent.content_type) == ("POST", "application/json")
-    assert json.loads(sent.body) == case["expected"]["body"]
-    assert list(sent.dropped) == case["expected"]["dropped"]
-
-
-@pytest.mark.parametrize("case", cases("encode_error"))
-def test_encode_error(case: dict[str, Any]) -> None:
-    with pytest.raises(GatewayError) as info:
-        ark.encode_request(msgspec.convert(case["request"], ImageRequest))
-    assert_error(info.value, case["error"])
-
-
-@pytest.mark.parametrize("case", cases("decode"))
-def test_decode(case: dict[str, Any]) -> None:
-    result = ark.decode_response(upstream_response(case["response"]))
-    assert plain(msgspec.to_builtins(result)) == case["expected"]
-
-
-@pytest.mark.parametrize("case", cases("decode_error"))
-def test_decode_error(case: dict[str, Any]) -> None:
-    with pytest.raises(GatewayError) as info:
-        ark.decode_response(upstream_response(case["response"]))
-    assert_error(info.value, case["error"])
 
 
 def test_adapter_declares_one_image_per_call() -> None:
@@ -90,21 +33,6 @@ def test_adapter_declares_one_image_per_call() -> None:
 
 # --- against the mock upstream --------------------------------------------------------------
 
-def real_png(color: tuple[int, int, int]) -> InputImage:
-    out = io.BytesIO()
-    Image.new("RGB", (4, 4), color).save(out, "PNG")
-    return InputImage(data=out.getvalue(), mime="image/png", filename="in.png")
-
-
-async def call(server: Any, sent: UpstreamRequest, key: str = API_KEY) -> UpstreamResponse:
-    headers = {**bearer(key), "Content-Type": sent.content_type}
-    async with ClientSession() as session:
-        async with session.post(server.make_url(sent.path), data=sent.body,
-                                headers=headers) as answer:
-            return UpstreamResponse(status=answer.status, body=await answer.read(),
-                                    headers={k.lower(): v for k, v in answer.headers.items()})
-
-
 def request(**fields: Any) -> ImageRequest:
     fields.setdefault("operation", "generate")
     return ImageRequest(model="doubao-seedream-4-0-250828", prompt="a fox", **fields)
@@ -113,7 +41,7 @@ def request(**fields: Any) -> ImageRequest:
 async def test_mock_b64_answer_is_a_real_jpeg(aiohttp_server: Any) -> None:
     recorder = Recorder()
     server = await aiohttp_server(make_app(recorder))
-    result = ark.decode_response(await call(server, ark.encode_request(request())))
+    result = ark.decode_response(await call(server, ark.encode_request(request()), AUTH))
     image = Image.open(io.BytesIO(base64.b64decode(result.images[0].b64_json or "")))
     assert (image.format, result.images[0].mime) == ("JPEG", "image/jpeg")
     sent = recorder.requests[0]
@@ -125,7 +53,7 @@ async def test_mock_b64_answer_is_a_real_jpeg(aiohttp_server: Any) -> None:
 async def test_mock_url_answer_downloads(aiohttp_server: Any) -> None:
     recorder = Recorder(mode="url")
     server = await aiohttp_server(make_app(recorder))
-    result = ark.decode_response(await call(server, ark.encode_request(request())))
+    result = ark.decode_response(await call(server, ark.encode_request(request()), AUTH))
     url = result.images[0].url or ""
     assert url.startswith(str(server.make_url("/files/"))) and "&X-Tos-Expires" in url
     async with ClientSession() as session, session.get(url) as answer:
@@ -136,9 +64,9 @@ async def test_mock_url_answer_downloads(aiohttp_server: Any) -> None:
 async def test_mock_accepts_multi_image_edit(aiohttp_server: Any) -> None:
     recorder = Recorder()
     server = await aiohttp_server(make_app(recorder))
-    images = [real_png((255, 0, 0)), real_png((0, 0, 255))]
+    images = [real_image((255, 0, 0)), real_image((0, 0, 255))]
     result = ark.decode_response(await call(server, ark.encode_request(
-        request(operation="edit", images=images))))
+        request(operation="edit", images=images)), AUTH))
     assert len(result.images) == 1
     sent = recorder.requests[0].json["image"]
     assert [url[:22] for url in sent] == ["data:image/png;base64,"] * 2
@@ -156,7 +84,7 @@ async def test_mock_refuses_n_and_missing_watermark(aiohttp_server: Any, change:
     body = {k: v for k, v in body.items() if v is not None}
     bad = UpstreamRequest(path=good.path, body=json.dumps(body).encode())
     with pytest.raises(GatewayError) as info:
-        ark.decode_response(await call(server, bad))
+        ark.decode_response(await call(server, bad, AUTH))
     assert (info.value.code, info.value.param) == ("invalid_value", param)
 
 
@@ -175,7 +103,7 @@ async def test_mock_refuses_n_and_missing_watermark(aiohttp_server: Any, change:
 ])
 async def test_mock_faults(aiohttp_server: Any, mode: str, code: str | None, failed: int) -> None:
     server = await aiohttp_server(make_app(Recorder(mode=mode)))
-    answer = await call(server, ark.encode_request(request()))
+    answer = await call(server, ark.encode_request(request()), AUTH)
     if code is None:
         assert ark.decode_response(answer).failed == failed
         return
@@ -187,7 +115,7 @@ async def test_mock_faults(aiohttp_server: Any, mode: str, code: str | None, fai
 
 async def test_mock_wrong_key_is_upstream_auth_failed(aiohttp_server: Any) -> None:
     server = await aiohttp_server(make_app(Recorder()))
-    answer = await call(server, ark.encode_request(request()), key="wrong")
+    answer = await call(server, ark.encode_request(request()), bearer("wrong"))
     with pytest.raises(GatewayError) as info:
         ark.decode_response(answer)
     assert (info.value.status, info.value.code) == (502, "upstream_auth_failed")

@@ -1,54 +1,24 @@
-"""Gemini adapter: golden cases from tests/fixtures/gemini, then the mock upstream."""
+"""Gemini adapter: fixture coverage and capabilities, then round trips through the mock upstream."""
 from __future__ import annotations
 
 import base64
-import io
 import json
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
-from aiohttp import ClientSession
-from PIL import Image
 
 from adapters import gemini
-from adapters.base import ImageRequest, InputImage, UpstreamRequest, UpstreamResponse
+from adapters.base import ImageRequest, UpstreamRequest
 from config.errors import GatewayError
+from tests.adapters.golden import KINDS, call, load_cases, real_image
 from tests.upstreams.gemini import API_KEY, DRAFT_PNG, FINAL_PNG, JPEG, Recorder, make_app
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "gemini"
-CASES = {path.stem: json.loads(path.read_text()) for path in sorted(FIXTURES.glob("*.json"))}
-KINDS = ("encode", "encode_error", "decode", "decode_error")
+CASES = load_cases("gemini")
 OPENAI_SIZES = ("256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024",
                 "1024x1792", "auto")
 MODEL = "gemini-2.5-flash-image"
-
-
-def cases(kind: str) -> list[Any]:
-    return [pytest.param(case, id=name) for name, case in CASES.items() if case["kind"] == kind]
-
-
-def upstream_response(spec: dict[str, Any]) -> UpstreamResponse:
-    body = spec["body_text"].encode() if "body_text" in spec else json.dumps(spec["body"]).encode()
-    return UpstreamResponse(status=spec["status"], body=body, headers=spec["headers"],
-                            received_at=spec["received_at"])
-
-
-def plain(value: Any) -> Any:
-    """Builtins without the None fields, so fixtures list only what an answer carries."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items() if v is not None}
-    return [plain(v) for v in value] if isinstance(value, list) else value
-
-
-def assert_error(exc: GatewayError, expected: dict[str, Any]) -> None:
-    assert (exc.status, exc.code, exc.param) == (expected["status"], expected["code"],
-                                                 expected["param"])
-    if "headers" in expected:
-        assert exc.headers == expected["headers"]
-    assert all(text in exc.message for text in expected.get("message_has", []))
-    assert not any(text in exc.message for text in expected.get("message_lacks", []))
+AUTH = gemini.auth_headers(API_KEY)
+NOW = 1700000000  # received_at stamped on a mock answer, so its created is checkable
 
 
 def test_fixtures_cover_every_kind_size_and_finish_reason() -> None:
@@ -59,35 +29,6 @@ def test_fixtures_cover_every_kind_size_and_finish_reason() -> None:
     assert {f"finish_{reason.lower()}" for reason in gemini.SAFETY_FINISH} <= set(CASES)
 
 
-@pytest.mark.parametrize("case", cases("encode"))
-def test_encode(case: dict[str, Any]) -> None:
-    sent = gemini.encode_request(msgspec.convert(case["request"], ImageRequest))
-    assert sent.path == case["expected"]["path"]
-    assert (sent.method, sent.content_type) == ("POST", "application/json")
-    assert json.loads(sent.body) == case["expected"]["body"]
-    assert list(sent.dropped) == case["expected"]["dropped"]
-
-
-@pytest.mark.parametrize("case", cases("encode_error"))
-def test_encode_error(case: dict[str, Any]) -> None:
-    with pytest.raises(GatewayError) as info:
-        gemini.encode_request(msgspec.convert(case["request"], ImageRequest))
-    assert_error(info.value, case["error"])
-
-
-@pytest.mark.parametrize("case", cases("decode"))
-def test_decode(case: dict[str, Any]) -> None:
-    result = gemini.decode_response(upstream_response(case["response"]))
-    assert plain(msgspec.to_builtins(result)) == case["expected"]
-
-
-@pytest.mark.parametrize("case", cases("decode_error"))
-def test_decode_error(case: dict[str, Any]) -> None:
-    with pytest.raises(GatewayError) as info:
-        gemini.decode_response(upstream_response(case["response"]))
-    assert_error(info.value, case["error"])
-
-
 def test_adapter_uses_the_goog_key_header() -> None:
     assert gemini.ADAPTER.type == "gemini"
     assert gemini.CAPABILITIES.images_per_call == 1 and not gemini.CAPABILITIES.mask
@@ -96,23 +37,6 @@ def test_adapter_uses_the_goog_key_header() -> None:
 
 
 # --- against the mock upstream --------------------------------------------------------------
-
-def real_image(color: tuple[int, int, int], fmt: str = "PNG") -> InputImage:
-    out = io.BytesIO()
-    Image.new("RGB", (4, 4), color).save(out, fmt)
-    return InputImage(data=out.getvalue(), mime=f"image/{fmt.lower()}", filename="in")
-
-
-async def call(server: Any, sent: UpstreamRequest, key: str | None = API_KEY,
-               prefix: str = "") -> UpstreamResponse:
-    headers = {**(gemini.auth_headers(key) if key else {}), "Content-Type": sent.content_type}
-    async with ClientSession() as session:
-        async with session.post(server.make_url(prefix + sent.path), data=sent.body,
-                                headers=headers) as answer:
-            return UpstreamResponse(status=answer.status, body=await answer.read(),
-                                    headers={k.lower(): v for k, v in answer.headers.items()},
-                                    received_at=1700000000)
-
 
 def request(**fields: Any) -> ImageRequest:
     fields.setdefault("operation", "generate")
@@ -128,10 +52,10 @@ async def test_mock_generation_returns_a_real_png(aiohttp_server: Any) -> None:
     recorder = Recorder()
     server = await aiohttp_server(make_app(recorder))
     sent = gemini.encode_request(request(size="1024x1792", quality="high"))
-    result = gemini.decode_response(await call(server, sent))
+    result = gemini.decode_response(await call(server, sent, AUTH, received_at=NOW))
     assert decoded(result) == FINAL_PNG and result.images[0].mime == "image/png"
     assert result.images[0].revised_prompt == "Here is your image:"
-    assert result.created == 1700000000
+    assert result.created == NOW
     seen = recorder.requests[0]
     assert seen.path == f"/models/{MODEL}:generateContent"
     assert seen.headers["x-goog-api-key"] == API_KEY and "Authorization" not in seen.headers
@@ -142,7 +66,7 @@ async def test_mock_generation_returns_a_real_png(aiohttp_server: Any) -> None:
 async def test_mock_thought_images_are_skipped(aiohttp_server: Any) -> None:
     server = await aiohttp_server(make_app(Recorder(mode="thought")))
     sent = gemini.encode_request(request(model="gemini-3-pro-image-preview"))
-    result = gemini.decode_response(await call(server, sent))
+    result = gemini.decode_response(await call(server, sent, AUTH))
     assert len(result.images) == 1 and decoded(result) == FINAL_PNG != DRAFT_PNG
     assert result.images[0].revised_prompt == "Here is the final image."
     assert result.usage is not None and result.usage.output_tokens == 1296 + 200
@@ -154,7 +78,7 @@ async def test_mock_accepts_a_multi_image_edit(aiohttp_server: Any) -> None:
     server = await aiohttp_server(make_app(recorder))
     images = [real_image((255, 0, 0), "JPEG"), real_image((0, 0, 255))]
     sent = gemini.encode_request(request(operation="edit", images=images, image_only=True))
-    result = gemini.decode_response(await call(server, sent, prefix="/v1beta"))
+    result = gemini.decode_response(await call(server, sent, AUTH, prefix="/v1beta"))
     assert decoded(result) == JPEG and result.images[0].mime == "image/jpeg"
     assert result.usage is not None and result.usage.input_tokens_details == {
         "image_tokens": 516, "text_tokens": 12}
@@ -172,7 +96,7 @@ async def test_mock_refuses_what_the_adapter_never_sends(aiohttp_server: Any,
     bad = UpstreamRequest(path=good.path, body=json.dumps({**json.loads(good.body), **change})
                           .encode())
     with pytest.raises(GatewayError) as info:
-        gemini.decode_response(await call(server, bad))
+        gemini.decode_response(await call(server, bad, AUTH))
     assert info.value.code == "invalid_value"
 
 
@@ -192,7 +116,7 @@ async def test_mock_refuses_what_the_adapter_never_sends(aiohttp_server: Any,
 async def test_mock_faults(aiohttp_server: Any, mode: str, code: str,
                            headers: dict[str, str]) -> None:
     server = await aiohttp_server(make_app(Recorder(mode=mode)))
-    answer = await call(server, gemini.encode_request(request()))
+    answer = await call(server, gemini.encode_request(request()), AUTH)
     with pytest.raises(GatewayError) as info:
         gemini.decode_response(answer)
     assert (info.value.code, info.value.headers) == (code, headers)
@@ -202,7 +126,8 @@ async def test_mock_faults(aiohttp_server: Any, mode: str, code: str,
 async def test_mock_bad_or_missing_key_is_upstream_auth_failed(
         aiohttp_server: Any, key: str | None, status: int) -> None:
     server = await aiohttp_server(make_app(Recorder()))
-    answer = await call(server, gemini.encode_request(request()), key=key)
+    headers = gemini.auth_headers(key) if key else {}
+    answer = await call(server, gemini.encode_request(request()), headers)
     assert answer.status == status
     with pytest.raises(GatewayError) as info:
         gemini.decode_response(answer)
@@ -212,7 +137,7 @@ async def test_mock_bad_or_missing_key_is_upstream_auth_failed(
 
 async def test_mock_unknown_model_is_upstream_unavailable(aiohttp_server: Any) -> None:
     server = await aiohttp_server(make_app(Recorder()))
-    answer = await call(server, gemini.encode_request(request(model="gemini-foo")))
+    answer = await call(server, gemini.encode_request(request(model="gemini-foo")), AUTH)
     assert answer.status == 404
     with pytest.raises(GatewayError) as info:
         gemini.decode_response(answer)

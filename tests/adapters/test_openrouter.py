@@ -1,13 +1,11 @@
-"""OpenRouter adapter: golden cases from tests/fixtures/openrouter, then the mock upstream."""
+"""OpenRouter adapter: fixture coverage, size table and capabilities, then the mock upstream."""
 from __future__ import annotations
 
 import base64
 import io
 import json
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from aiohttp import ClientSession
 from PIL import Image
@@ -15,48 +13,20 @@ from PIL import Image
 from adapters import aspect, openrouter
 from adapters.base import (
     ImageRequest,
-    InputImage,
     UpstreamRequest,
-    UpstreamResponse,
     bearer,
     image_size_class,
     nearest_ratio,
     parse_size,
 )
 from config.errors import GatewayError
+from tests.adapters.golden import KINDS, call, load_cases, real_image
 from tests.upstreams.openrouter import API_KEY, PNG, Recorder, make_app
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "openrouter"
-CASES = {path.stem: json.loads(path.read_text()) for path in sorted(FIXTURES.glob("*.json"))}
-KINDS = ("encode", "encode_error", "decode", "decode_error")
+CASES = load_cases("openrouter")
+AUTH = bearer(API_KEY)
 OPENAI_SIZES = ("256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024",
                 "1024x1792", "auto")
-
-
-def cases(kind: str) -> list[Any]:
-    return [pytest.param(case, id=name) for name, case in CASES.items() if case["kind"] == kind]
-
-
-def upstream_response(spec: dict[str, Any]) -> UpstreamResponse:
-    body = spec["body_text"].encode() if "body_text" in spec else json.dumps(spec["body"]).encode()
-    return UpstreamResponse(status=spec["status"], body=body, headers=spec["headers"],
-                            received_at=spec["received_at"])
-
-
-def plain(value: Any) -> Any:
-    """Builtins without the None fields, so fixtures list only what an answer carries."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items() if v is not None}
-    return [plain(v) for v in value] if isinstance(value, list) else value
-
-
-def assert_error(exc: GatewayError, expected: dict[str, Any]) -> None:
-    assert (exc.status, exc.code, exc.param) == (expected["status"], expected["code"],
-                                                 expected["param"])
-    if "headers" in expected:
-        assert exc.headers == expected["headers"]
-    assert all(text in exc.message for text in expected.get("message_has", []))
-    assert not any(text in exc.message for text in expected.get("message_lacks", []))
 
 
 def test_fixtures_cover_every_kind_and_size() -> None:
@@ -64,35 +34,6 @@ def test_fixtures_cover_every_kind_and_size() -> None:
     assert {case["kind"] for case in CASES.values()} == set(KINDS)
     sizes = {case["request"].get("size") for case in CASES.values() if case["kind"] == "encode"}
     assert set(OPENAI_SIZES) <= sizes
-
-
-@pytest.mark.parametrize("case", cases("encode"))
-def test_encode(case: dict[str, Any]) -> None:
-    sent = openrouter.encode_request(msgspec.convert(case["request"], ImageRequest))
-    assert sent.path == case["expected"]["path"]
-    assert (sent.method, sent.content_type) == ("POST", "application/json")
-    assert json.loads(sent.body) == case["expected"]["body"]
-    assert list(sent.dropped) == case["expected"]["dropped"]
-
-
-@pytest.mark.parametrize("case", cases("encode_error"))
-def test_encode_error(case: dict[str, Any]) -> None:
-    with pytest.raises(GatewayError) as info:
-        openrouter.encode_request(msgspec.convert(case["request"], ImageRequest))
-    assert_error(info.value, case["error"])
-
-
-@pytest.mark.parametrize("case", cases("decode"))
-def test_decode(case: dict[str, Any]) -> None:
-    result = openrouter.decode_response(upstream_response(case["response"]))
-    assert plain(msgspec.to_builtins(result)) == case["expected"]
-
-
-@pytest.mark.parametrize("case", cases("decode_error"))
-def test_decode_error(case: dict[str, Any]) -> None:
-    with pytest.raises(GatewayError) as info:
-        openrouter.decode_response(upstream_response(case["response"]))
-    assert_error(info.value, case["error"])
 
 
 @pytest.mark.parametrize("size", sorted(aspect.SIZES))
@@ -111,21 +52,6 @@ def test_adapter_declares_one_image_per_call() -> None:
 
 # --- against the mock upstream --------------------------------------------------------------
 
-def real_image(color: tuple[int, int, int], fmt: str = "PNG") -> InputImage:
-    out = io.BytesIO()
-    Image.new("RGB", (4, 4), color).save(out, fmt)
-    return InputImage(data=out.getvalue(), mime=f"image/{fmt.lower()}", filename="in")
-
-
-async def call(server: Any, sent: UpstreamRequest, key: str | None = API_KEY) -> UpstreamResponse:
-    headers = {**(bearer(key) if key else {}), "Content-Type": sent.content_type}
-    async with ClientSession() as session:
-        async with session.post(server.make_url(sent.path), data=sent.body,
-                                headers=headers) as answer:
-            return UpstreamResponse(status=answer.status, body=await answer.read(),
-                                    headers={k.lower(): v for k, v in answer.headers.items()})
-
-
 def request(**fields: Any) -> ImageRequest:
     fields.setdefault("operation", "generate")
     return ImageRequest(model="google/gemini-2.5-flash-image", prompt="a fox", **fields)
@@ -135,7 +61,7 @@ async def test_mock_generation_returns_a_real_png(aiohttp_server: Any) -> None:
     recorder = Recorder()
     server = await aiohttp_server(make_app(recorder))
     sent = openrouter.encode_request(request(size="1792x1024", user="u-1"))
-    result = openrouter.decode_response(await call(server, sent))
+    result = openrouter.decode_response(await call(server, sent, AUTH))
     image = result.images[0]
     assert base64.b64decode(image.b64_json or "") == PNG and image.mime == "image/png"
     assert Image.open(io.BytesIO(PNG)).format == "PNG"
@@ -152,7 +78,7 @@ async def test_mock_accepts_a_multi_image_edit(aiohttp_server: Any) -> None:
     server = await aiohttp_server(make_app(recorder))
     images = [real_image((255, 0, 0)), real_image((0, 0, 255), "JPEG")]
     sent = openrouter.encode_request(request(operation="edit", images=images, image_only=True))
-    result = openrouter.decode_response(await call(server, sent))
+    result = openrouter.decode_response(await call(server, sent, AUTH))
     assert len(result.images) == 1 and result.usage is not None
     assert result.usage.input_tokens == 12 + 2 * 258  # the mock counted both input images
     content = recorder.requests[0].json["messages"][0]["content"]
@@ -163,7 +89,8 @@ async def test_mock_accepts_a_multi_image_edit(aiohttp_server: Any) -> None:
 
 async def test_mock_url_answer_is_downloadable(aiohttp_server: Any) -> None:
     server = await aiohttp_server(make_app(Recorder(mode="url")))
-    result = openrouter.decode_response(await call(server, openrouter.encode_request(request())))
+    sent = openrouter.encode_request(request())
+    result = openrouter.decode_response(await call(server, sent, AUTH))
     url = result.images[0].url or ""
     assert url == str(server.make_url("/files/image_0.png"))
     async with ClientSession() as session, session.get(url) as answer:
@@ -179,7 +106,7 @@ async def test_mock_refuses_what_the_adapter_never_sends(aiohttp_server: Any,
     bad = UpstreamRequest(path=good.path, body=json.dumps({**json.loads(good.body), **change})
                           .encode())
     with pytest.raises(GatewayError) as info:
-        openrouter.decode_response(await call(server, bad))
+        openrouter.decode_response(await call(server, bad, AUTH))
     assert info.value.code == "invalid_value"
 
 
@@ -200,7 +127,7 @@ async def test_mock_refuses_what_the_adapter_never_sends(aiohttp_server: Any,
 async def test_mock_faults(aiohttp_server: Any, mode: str, code: str,
                            headers: dict[str, str]) -> None:
     server = await aiohttp_server(make_app(Recorder(mode=mode)))
-    answer = await call(server, openrouter.encode_request(request()))
+    answer = await call(server, openrouter.encode_request(request()), AUTH)
     with pytest.raises(GatewayError) as info:
         openrouter.decode_response(answer)
     assert (info.value.code, info.value.headers) == (code, headers)
@@ -211,7 +138,8 @@ async def test_mock_faults(aiohttp_server: Any, mode: str, code: str,
 async def test_mock_bad_or_missing_key_is_upstream_auth_failed(aiohttp_server: Any,
                                                                key: str | None) -> None:
     server = await aiohttp_server(make_app(Recorder()))
-    answer = await call(server, openrouter.encode_request(request()), key=key)
+    sent = openrouter.encode_request(request())
+    answer = await call(server, sent, bearer(key) if key else {})
     assert answer.status == 401
     with pytest.raises(GatewayError) as info:
         openrouter.decode_response(answer)
