@@ -5,11 +5,14 @@ import base64
 import binascii
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from PIL import Image
+
+from tests.upstreams import common
+from tests.upstreams.common import Received, tiny_image
 
 API_KEY = "ark-test-key"
 CREATED = 1757321139
@@ -26,31 +29,14 @@ SAFETY_ITEM = {"error": {"code": "OutputImageSensitiveContentDetected",
                                     "sensitive information."}}
 
 
-def _tiny_jpeg() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (8, 8), (40, 120, 200)).save(out, "JPEG")
-    return out.getvalue()
-
-
-JPEG = _tiny_jpeg()
+JPEG = tiny_image("JPEG", (40, 120, 200))
 
 
 @dataclass
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    json: Any = None
-
-
-@dataclass
-class Recorder:
-    """What the mock saw, and the switch choosing how it answers (one of MODES)."""
-
-    mode: str = "ok"
+class Recorder(common.Recorder):
     api_key: str = API_KEY
     retry_after: str = "7"
-    requests: list[Received] = field(default_factory=list)
+
 
 
 def ark_error(status: int, code: str, message: str, *, param: str = "", kind: str = "BadRequest",

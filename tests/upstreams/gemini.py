@@ -5,11 +5,14 @@ import base64
 import binascii
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from PIL import Image
+
+from tests.upstreams import common
+from tests.upstreams.common import Received, tiny_image
 
 API_KEY = "AIza-test-key"
 PREFIXES = ("/models/", "/v1beta/models/")  # base_url with or without /v1beta
@@ -25,15 +28,9 @@ MODES = ("ok", "jpeg", "thought", "text_only", "block_reason", "image_safety", "
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
 
-def _tiny(fmt: str, color: tuple[int, int, int]) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (8, 8), color).save(out, fmt)
-    return out.getvalue()
-
-
-FINAL_PNG = _tiny("PNG", (20, 90, 200))
-DRAFT_PNG = _tiny("PNG", (200, 30, 30))  # a `thought: true` interim image: never the answer
-JPEG = _tiny("JPEG", (240, 200, 40))
+FINAL_PNG = tiny_image("PNG", (20, 90, 200))
+DRAFT_PNG = tiny_image("PNG", (200, 30, 30))  # a `thought: true` interim image: never the answer
+JPEG = tiny_image("JPEG", (240, 200, 40))
 
 
 def b64(data: bytes) -> str:
@@ -41,21 +38,10 @@ def b64(data: bytes) -> str:
 
 
 @dataclass
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    json: Any = None
-
-
-@dataclass
-class Recorder:
-    """What the mock saw, and the switch choosing how it answers (one of MODES)."""
-
-    mode: str = "ok"
+class Recorder(common.Recorder):
     api_key: str = API_KEY
     retry_delay: str = "1.5s"
-    requests: list[Received] = field(default_factory=list)
+
 
 
 def google_error(status: int, state: str, message: str,

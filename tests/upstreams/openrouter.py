@@ -5,11 +5,14 @@ import base64
 import binascii
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from PIL import Image
+
+from tests.upstreams import common
+from tests.upstreams.common import Received, tiny_image
 
 API_KEY = "sk-or-v1-test-key"
 CREATED = 1764926649
@@ -24,32 +27,15 @@ MODES = ("ok", "url", "text_only", "empty_images", "content_filter", "auth", "ra
 REFUSAL = "I can't help with creating that image."
 
 
-def _tiny_png() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (8, 8), (30, 160, 90)).save(out, "PNG")
-    return out.getvalue()
-
-
-PNG = _tiny_png()
+PNG = tiny_image("PNG", (30, 160, 90))
 PNG_DATA_URL = "data:image/png;base64," + base64.b64encode(PNG).decode()
 
 
 @dataclass
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    json: Any = None
-
-
-@dataclass
-class Recorder:
-    """What the mock saw, and the switch choosing how it answers (one of MODES)."""
-
-    mode: str = "ok"
+class Recorder(common.Recorder):
     api_key: str = API_KEY
     retry_after: str = "4"
-    requests: list[Received] = field(default_factory=list)
+
 
 
 def or_error(status: int, message: str, metadata: dict[str, Any] | None = None, *,

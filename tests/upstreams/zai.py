@@ -1,13 +1,14 @@
 """A loopback Zhipu / Z.AI: POST /images/generations answering like §5, with fault switches."""
 from __future__ import annotations
 
-import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from PIL import Image
+
+from tests.upstreams import common
+from tests.upstreams.common import Received, tiny_image
 
 API_KEY = "zai-test-key"
 CREATED = 1760335349
@@ -22,31 +23,14 @@ GLM_PRESETS = frozenset({"1280x1280", "1568x1056", "1056x1568", "1472x1088", "10
                          "1728x960", "960x1728"})
 
 
-def _tiny_png() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (8, 8), (220, 180, 20)).save(out, "PNG")
-    return out.getvalue()
-
-
-PNG = _tiny_png()
+PNG = tiny_image("PNG", (220, 180, 20))
 
 
 @dataclass
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    json: Any = None
-
-
-@dataclass
-class Recorder:
-    """What the mock saw, and the switch choosing how it answers (one of MODES)."""
-
-    mode: str = "ok"
+class Recorder(common.Recorder):
     api_key: str = API_KEY
     retry_after: str = "5"
-    requests: list[Received] = field(default_factory=list)
+
 
 
 def zai_error(status: int, code: str, message: str,
