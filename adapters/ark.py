@@ -47,7 +47,7 @@ CAPABILITIES = Capabilities(generate=True, edit=True, mask=False, images_per_cal
 POLICY: dict[str, Policy] = {
     "mask": REJECT,  # Ark has no mask: editing the whole image would silently differ
     "quality": DROP, "background": DROP, "style": DROP, "moderation": DROP,
-    "input_fidelity": DROP, "output_compression": DROP, "user": DROP,
+    "input_fidelity": DROP, "user": DROP,
 }
 SEED_RANGE: Final = (-1, 2_147_483_647)
 # Exact Ark error codes whose meaning beats the HTTP status; everything else goes by status.

@@ -45,7 +45,7 @@ from config.errors import GatewayError
 CAPABILITIES = Capabilities(generate=True, edit=True, mask=False, images_per_call=1)
 POLICY: dict[str, Policy] = {
     "mask": REJECT,  # no mask input: editing the whole image would silently differ
-    "background": DROP, "style": DROP, "moderation": DROP, "output_compression": DROP,
+    "background": DROP, "style": DROP, "moderation": DROP,
     "seed": DROP, "input_fidelity": DROP, "user": DROP,
 }
 # finishReason values of a candidate the safety system stopped; other no-image reasons

@@ -33,7 +33,7 @@ PATH: Final = "/chat/completions"  # generations and edits alike: image parts ma
 CAPABILITIES = Capabilities(generate=True, edit=True, mask=False, images_per_call=1)
 POLICY: dict[str, Policy] = {
     "mask": REJECT,  # no mask input: editing the whole image would silently differ
-    "background": DROP, "style": DROP, "moderation": DROP, "output_compression": DROP,
+    "background": DROP, "style": DROP, "moderation": DROP,
     "seed": DROP, "input_fidelity": DROP,
 }
 # finish_reason / native_finish_reason values meaning a safety refusal. native_* relays the

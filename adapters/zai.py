@@ -33,7 +33,7 @@ CAPABILITIES = Capabilities(generate=True, edit=False, mask=False, images_per_ca
                             max_input_images=0)
 POLICY: dict[str, Policy] = {
     "mask": REJECT,
-    "background": DROP, "style": DROP, "moderation": DROP, "output_compression": DROP,
+    "background": DROP, "style": DROP, "moderation": DROP,
     "seed": DROP, "input_fidelity": DROP,
 }
 QUALITY: Final[Mapping[str, str]] = {

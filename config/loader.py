@@ -1,6 +1,7 @@
 """Reads the YAML config: `${VAR}` expansion, strict typing, and errors that name their path."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -10,12 +11,15 @@ from typing import Any
 import msgspec
 import yaml
 
+from config.api import ImageGenerateRequest
 from config.schema import PROVIDER_TYPES, Config, ModelConfig, Provider
 
 EXAMPLES = Path(__file__).parent / "examples"
 DEFAULT_CONFIG = EXAMPLES / "default.yaml"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _AT = re.compile(r" - at `\$(.*)`$")
+# request fields a model's `defaults:` may fill in (not the prompt, the model or the stream mode)
+DEFAULTABLE = frozenset(ImageGenerateRequest.__struct_fields__) - {"prompt", "model", "stream"}
 _NAMED_MAPS: dict[str, type] = {"providers": Provider, "models": ModelConfig}  # type: ignore[dict-item]
 
 
@@ -86,12 +90,31 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     config = _convert(data, Config, "")
     config = msgspec.structs.replace(config, **typed)
     _cross_check(config)
-    return config
+    return _resolve_allowlists(config)
+
+
+def _resolve_allowlists(config: Config) -> Config:
+    """Aliases in a key's `models:` mean their model: allowlists hold public names only."""
+    public = {alias: name for name, m in config.models.items() for alias in (name, *m.aliases)}
+    keys = [k if k.models is None else
+            msgspec.structs.replace(k, models=list(dict.fromkeys(public[m] for m in k.models)))
+            for k in config.auth.keys]
+    return msgspec.structs.replace(config, auth=msgspec.structs.replace(config.auth, keys=keys))
+
+
+def _check_defaults(name: str, defaults: Mapping[str, Any]) -> None:
+    where = f"models.{name}.defaults"
+    for field in defaults:
+        if field not in DEFAULTABLE:
+            raise ConfigError(where, f"{field!r} cannot have a default (one of: "
+                              f"{', '.join(sorted(DEFAULTABLE))})")
+    _convert({"prompt": "-", **defaults}, ImageGenerateRequest, where)
 
 
 def _cross_check(config: Config) -> None:
     seen_names: dict[str, str] = {}
     for name, model in config.models.items():
+        _check_defaults(name, model.defaults)
         for i, route in enumerate(model.routes):
             if route.provider not in config.providers:
                 raise ConfigError(
@@ -104,6 +127,7 @@ def _cross_check(config: Config) -> None:
                                   f"{seen_names[alias]}")
             seen_names[alias] = f"models.{name}"
     ids: set[str] = set()
+    digests: dict[str, int] = {}
     for i, key in enumerate(config.auth.keys):
         where = f"auth.keys[{i}]"
         if (key.key is None) == (key.key_sha256 is None):
@@ -112,6 +136,10 @@ def _cross_check(config: Config) -> None:
             raise ConfigError(f"{where}.key_sha256", "expected 64 lower-case hex digits")
         if key.key is not None and not key.key:
             raise ConfigError(f"{where}.key", "the key is empty")
+        digest = key.key_sha256 or hashlib.sha256((key.key or "").encode()).hexdigest()
+        if digest in digests:
+            raise ConfigError(where, f"the same secret as auth.keys[{digests[digest]}]")
+        digests[digest] = i
         if key.id in ids:
             raise ConfigError(f"{where}.id", f"duplicate key id {key.id!r}")
         ids.add(key.id)

@@ -89,7 +89,8 @@ def check_fields(body: Any) -> None:
 
 
 def apply_defaults(body: Any, defaults: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-    filled = {k: v for k, v in defaults.items() if getattr(body, k, None) is None}
+    fields = body.__struct_fields__  # an edit form has no `style`: such defaults do not apply
+    filled = {k: v for k, v in defaults.items() if k in fields and getattr(body, k) is None}
     return (msgspec.structs.replace(body, **filled) if filled else body), filled
 
 
@@ -98,7 +99,7 @@ def decode_body(raw: bytes, typ: type[Any]) -> Any:
         body = msgspec.json.decode(raw, type=typ)
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise GatewayError(
             "invalid_value", "We could not parse the JSON body of your request."
         ) from None
@@ -111,8 +112,13 @@ def rewrite_middleware(config: Config, table: ModelTable) -> Callable[..., Await
     @web.middleware
     async def rewrite_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         typ = JSON_BODIES.get(request.path)
-        if typ is None or request.method != "POST" or request.content_type != "application/json":
+        if typ is None or request.method != "POST":
             return await handler(request)
+        if request.content_type != "application/json":
+            if typ is ImageGenerateRequest:
+                raise GatewayError("invalid_value", "Send the request body as JSON "
+                                   "(Content-Type: application/json).")
+            return await handler(request)  # edits may be multipart: the handler reads those
         raw = await request.read()  # client_max_size turns an oversize body into 413 here
         body = decode_body(raw, typ)
         public, model_config = table.resolve(body.model)

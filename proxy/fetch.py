@@ -61,6 +61,15 @@ class SafeResolver(AbstractResolver):
         await self.inner.close()
 
 
+def _parse(raw: str, param: str) -> URL:
+    try:
+        url = URL(raw)
+        url.port  # noqa: B018 (an out-of-range port raises only when read)
+    except ValueError:
+        raise unsafe(param, "is not a valid URL") from None
+    return url
+
+
 def unsafe(param: str, why: str) -> GatewayError:
     return GatewayError("invalid_value", f"The image URL in '{param}' {why}.", param=param)
 
@@ -93,13 +102,13 @@ class Fetcher:
 
     async def fetch(self, raw_url: str, param: str) -> bytes:
         assert self.session is not None
-        url = URL(raw_url)
+        url = _parse(raw_url, param)
         for _ in range(MAX_REDIRECTS + 1):
             self._check(url, param)
             try:
                 async with self.session.get(url, allow_redirects=False) as resp:
                     if resp.status in (301, 302, 303, 307, 308) and "location" in resp.headers:
-                        url = url.join(URL(resp.headers["location"]))
+                        url = url.join(_parse(resp.headers["location"], param))
                         continue
                     if resp.status != 200:
                         raise unsafe(param, f"could not be downloaded (HTTP {resp.status})")

@@ -78,6 +78,9 @@ class _Fields:
                 raise GatewayError("invalid_value", "The form's text fields are too large.")
             self.chunks.append(ev.data)
         elif ev.kind == "end" and self.current is not None and not is_file(self.current):
+            if self.current.name in self.raw:
+                raise GatewayError("invalid_value", f"The field '{self.current.name}' is sent "
+                                   "more than once.", param=self.current.name)
             raw = b"".join(self.chunks)
             self.raw[self.current.name] = raw
             self.text[self.current.name] = raw.decode("utf-8", "replace")

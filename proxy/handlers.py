@@ -69,7 +69,8 @@ async def dispatch(request: web.Request, public_model: str, attempt: Attempt,
         except GatewayError as error:
             if error.code not in RETRYABLE:
                 raise
-            gw.router.failed(route)
+            if error.code != "upstream_busy":  # our own cap, not the route's health
+                gw.router.failed(route)
             last = error
             if not replayable:
                 break
@@ -135,7 +136,7 @@ async def produce(request: web.Request, route: RouteState, state: ProviderState,
                           usage=usage if usage is not None else msgspec.UNSET)
     gw.count_images(request[MODEL], route.provider, len(data), usage)
     request[IMAGES] = len(data)
-    return body, sum(r.failed for r in results)
+    return body, req.n - len(data)  # images asked for and not delivered
 
 
 async def generations(request: web.Request) -> web.StreamResponse:
@@ -191,7 +192,10 @@ async def host_images(request: web.Request, raw: bytes) -> web.Response:
     for item in answer.data:
         if isinstance(item.b64_json, str):
             data = base64.b64decode(item.b64_json)
-            name, query = await gw.store.save(data, sniff_mime(data[:16]) or "image/png")
+            mime = sniff_mime(data[:16])
+            if mime is None:
+                raise images.bad_image()
+            name, query = await gw.store.save(data, mime)
             item.url, item.b64_json = f"{base}/v1/images/files/{name}?{query}", msgspec.UNSET
     return images.json_response(answer, {})
 
@@ -214,6 +218,10 @@ async def json_edit(request: web.Request) -> web.StreamResponse:
     routed: Routed = request[ROUTED]
     body: ImageEditJSONRequest = routed.body
     gw = request.app[GATEWAY]
+    most = gw.config.server.max_images_per_request
+    if len(body.images) > most:
+        raise GatewayError("invalid_value", f"Too many images: at most {most} may be sent.",
+                           param="images")
     loaded: list[InputImage] | None = None
     mask: InputImage | None = None
 

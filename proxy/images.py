@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import io
 import time
 from collections.abc import Sequence
@@ -114,6 +115,11 @@ def transcode(data: bytes, mime: str, fmt: str | None,
     return out.getvalue(), target
 
 
+def bad_image() -> GatewayError:
+    return GatewayError("upstream_unavailable", "The provider answered with an image that "
+                        "could not be read.")
+
+
 class Finisher:
     """Turns provider images into what the client asked for: format, then b64_json or url."""
 
@@ -126,19 +132,27 @@ class Finisher:
         if formats_done and img.b64_json is not None and req.response_format != "url":
             return Image(b64_json=img.b64_json, revised_prompt=revised)  # nothing to change
         if img.b64_json is not None:
-            data = base64.b64decode(img.b64_json)
+            try:
+                data = base64.b64decode(img.b64_json, validate=True)
+            except (binascii.Error, ValueError):
+                raise bad_image() from None
         else:
             try:
                 data = await self.fetcher.fetch(img.url or "", "url")
             except GatewayError as exc:
                 raise GatewayError("upstream_unavailable", "The provider's image could not be "
                                    "downloaded.") from exc
-        mime = sniff_mime(data[:16]) or img.mime or "image/png"
+        mime = sniff_mime(data[:16])
+        if mime is None:
+            raise bad_image()  # a 200 carries real images only
         wanted = MIMES.get(req.output_format or "", mime)
         recompress = req.output_compression is not None and wanted != "image/png"
         if not formats_done and (wanted != mime or recompress):
-            data, mime = await asyncio.to_thread(transcode, data, mime, req.output_format,
-                                                 req.output_compression)
+            try:
+                data, mime = await asyncio.to_thread(transcode, data, mime, req.output_format,
+                                                     req.output_compression)
+            except (OSError, ValueError, PILImage.DecompressionBombError):
+                raise bad_image() from None
         if req.response_format == "url":
             name, query = await self.store.save(data, mime)
             return Image(url=f"{base_url}/v1/images/files/{name}?{query}", revised_prompt=revised)

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from redis.exceptions import RedisError
 
+from config.errors import GatewayError
 from config.schema import StorageConfig
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp", "image/gif": "gif"}
@@ -62,11 +64,22 @@ class RedisBackend:
         self.ttl_s = ttl_s
 
     async def put(self, name: str, data: bytes) -> None:
-        await self.client.set(REDIS_PREFIX + name, data, ex=max(1, int(self.ttl_s)))
+        try:
+            await self.client.set(REDIS_PREFIX + name, data, ex=max(1, int(self.ttl_s)))
+        except RedisError as exc:
+            raise storage_down() from exc
 
     async def get(self, name: str) -> bytes | None:
-        data: bytes | None = await self.client.get(REDIS_PREFIX + name)
+        try:
+            data: bytes | None = await self.client.get(REDIS_PREFIX + name)
+        except RedisError as exc:
+            raise storage_down() from exc
         return data
+
+
+def storage_down() -> GatewayError:
+    return GatewayError("upstream_unavailable", "Image storage is unavailable.", status=503,
+                        headers={"retry-after": "5"})
 
 
 class ImageStore:

@@ -1,6 +1,7 @@
 """The config loader: strict keys, ${VAR} expansion, errors that name their path, the CLI."""
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,23 @@ def test_bundled_examples_load(name: str) -> None:
     import yaml
 
     parse_config(yaml.safe_load((ROOT / "config/examples" / name).read_text()), env=env)
+
+
+def test_model_defaults_are_checked() -> None:
+    base = {"providers": {"l": {"type": "local"}}}
+
+    def model(defaults: dict) -> dict:
+        return {**base, "models": {"m": {"routes": [{"provider": "l"}], "defaults": defaults}}}
+
+    assert error_of(model({"sise": "2K"})).startswith("models.m.defaults: 'sise' cannot have")
+    assert error_of(model({"n": 50})) == "models.m.defaults.n: Expected `int` <= 10"
+    assert parse_config(model({"size": "2K", "n": 2}), env={}).models["m"].defaults["n"] == 2
+
+
+def test_keys_must_be_distinct_and_aliases_resolve() -> None:
+    data = {"providers": {"l": {"type": "local"}},
+            "models": {"pics": {"routes": [{"provider": "l"}], "aliases": ["p2"]}},
+            "auth": {"keys": [{"id": "a", "key": "k1", "models": ["p2"]}]}}
+    assert parse_config(data, env={}).auth.keys[0].models == ["pics"]
+    data["auth"]["keys"].append({"id": "b", "key_sha256": hashlib.sha256(b"k1").hexdigest()})
+    assert error_of(data) == "auth.keys[1]: the same secret as auth.keys[0]"

@@ -7,6 +7,7 @@ from typing import Any
 
 import openai
 import pytest
+from aiohttp import web
 from PIL import Image
 
 from tests.conftest import make_config
@@ -95,12 +96,35 @@ async def test_safety_partial_failures_and_dropped_params(env: Any) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         await sdk.images.generate(model="cogview-4", prompt="p")
     assert info.value.code == "content_policy_violation"
-    ark.mode = "partial"
-    raw = await sdk.images.with_raw_response.generate(model="seedream", prompt="p",
+    ark.mode = "partial"  # one image and one failed item per call: the client still gets n
+    raw = await sdk.images.with_raw_response.generate(model="seedream", prompt="p", n=2,
                                                       quality="high", style="vivid")
     assert raw.headers["x-imagegate-dropped-params"] == "quality,style"
-    assert raw.headers["x-imagegate-failed-images"] == "1"
-    assert len(raw.parse().data) == 1
+    assert "x-imagegate-failed-images" not in raw.headers
+    assert len(raw.parse().data) == 2
+
+
+async def test_some_calls_failing_give_the_rest_and_a_count(aiohttp_server: Any, gateway: Any,
+                                                            tmp_path: Any) -> None:
+    recorder, calls = ark_mock.Recorder(), [0]
+
+    @web.middleware
+    async def every_other_fails(request: web.Request, handler: Any) -> web.StreamResponse:
+        calls[0] += 1
+        recorder.mode = "ok" if calls[0] % 2 else "server_error"
+        return await handler(request)
+
+    app = ark_mock.make_app(recorder)
+    app.middlewares.append(every_other_fails)
+    url = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    client = await gateway(make_config(
+        tmp_path=tmp_path,
+        providers={"ark": {"type": "ark", "base_url": url, "api_key": ark_mock.API_KEY}},
+        models={"seedream": {"routes": [{"provider": "ark", "model": "doubao-seedream-4-0"}]}}))
+    resp = await client.post("/v1/images/generations", json={"model": "seedream", "prompt": "p",
+                                                             "n": 4})
+    assert resp.status == 200 and resp.headers["x-imagegate-failed-images"] == "2"
+    assert len((await resp.json())["data"]) == 2
 
 
 @pytest.mark.parametrize(("mode", "exc", "code"), [

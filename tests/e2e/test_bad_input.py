@@ -19,7 +19,8 @@ AUTH = {"auth": {"keys": [{"id": "team-a", "key": GATEWAY_KEY, "models": ["gpt-i
 async def client(openai_upstream: Any, gateway: Any, tmp_path: Any) -> Any:
     recorder, base_url = openai_upstream
     providers, models = openai_models(base_url)
-    config = make_config({**AUTH, "server": {"max_request_bytes": 200_000}},
+    config = make_config({**AUTH, "server": {"max_request_bytes": 200_000,
+                                             "max_images_per_request": 4}},
                          tmp_path=tmp_path, providers=providers, models=models)
     c = await gateway(config)
     c.recorder = recorder
@@ -45,6 +46,7 @@ JSON_CASES = [
     (b'{"model": "nope", "prompt": "p"}', 404, "model_not_found", "model"),
     (b'{"model": "house-image", "prompt": "p"}', 403, "model_not_allowed", "model"),
     (b"[1, 2]", 400, "invalid_value", None),
+    (b'{"prompt": "\xff\xfe"}', 400, "invalid_value", None),
 ]
 
 
@@ -158,3 +160,24 @@ async def test_prompts_are_logged_only_when_configured(gateway: Any, tmp_path: A
             await client.post("/v1/images/generations", json={
                 "model": "local", "prompt": "secret plans", "size": "8x8"})
         assert ("secret plans" in repr(logs)) is log_prompts
+
+
+async def test_more_malformed_requests(client: Any) -> None:
+    resp = await client.post("/v1/images/generations", data=b'{"prompt": "p"}',
+                             headers={"Content-Type": "application/x-www-form-urlencoded",
+                                      **auth()})
+    assert resp.status == 400 and envelope_ok(await resp.json())["code"] == "invalid_value"
+    for url, param in (("http://[zz/", "images[0]"), ("http://example.com:99999/", "images[0]")):
+        resp = await client.post("/v1/images/edits", headers=auth(), json={
+            "model": "gpt-image-1", "prompt": "p", "images": [{"image_url": url}]})
+        assert resp.status == 400 and envelope_ok(await resp.json())["param"] == param
+    many = [{"image_url": "data:image/png;base64,AAAA"}] * 5
+    resp = await client.post("/v1/images/edits", headers=auth(), json={
+        "model": "gpt-image-1", "prompt": "p", "images": many})
+    assert resp.status == 400 and envelope_ok(await resp.json())["param"] == "images"
+    body, ctype = multipart([("model", None, b"house"), ("model", None, b"house"),
+                             ("prompt", None, b"p"), ("image", "a.png", PNG)])
+    resp = await client.post("/v1/images/edits", data=body,
+                             headers={"Content-Type": ctype, **auth()})
+    assert resp.status == 400 and envelope_ok(await resp.json())["param"] == "model"
+    assert not client.recorder.requests

@@ -7,6 +7,7 @@ from typing import Any
 
 import openai
 import pytest
+from aiohttp import web
 from PIL import Image
 
 from tests.conftest import make_config
@@ -116,3 +117,23 @@ async def test_429_carries_retry_after(env: Any, target: str, expected: str) -> 
         await raw.generate(model=model, prompt="p")
     assert info.value.response.headers["retry-after"] == expected
     assert info.value.code == "upstream_rate_limited"
+
+
+@pytest.mark.parametrize("url", ["data:image/png;base64,abc", "data:image/png;base64,aGVsbG8="])
+async def test_unreadable_provider_images_are_502(aiohttp_server: Any, gateway: Any,
+                                                  url: str) -> None:
+    async def chat(request: web.Request) -> web.Response:
+        return web.json_response({"created": 1, "choices": [{"message": {
+            "role": "assistant", "content": "", "images": [
+                {"type": "image_url", "image_url": {"url": url}}]}}]})
+
+    app = web.Application()
+    app.router.add_post("/chat/completions", chat)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    client = await gateway(make_config(
+        providers={"or": {"type": "openrouter", "base_url": base, "api_key": "k"}},
+        models={"m": {"routes": [{"provider": "or", "model": "x/y"}]}}))
+    for fmt in ("png", "jpeg"):
+        resp = await client.post("/v1/images/generations",
+                                 json={"model": "m", "prompt": "p", "output_format": fmt})
+        assert resp.status == 502 and (await resp.json())["error"]["code"] == "upstream_unavailable"

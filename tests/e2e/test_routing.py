@@ -149,3 +149,22 @@ async def test_unexpected_failures_are_a_generic_500(gateway: Any, monkeypatch: 
     assert resp.status == 500 and body["error"]["code"] == "server_error"
     assert "secret" not in str(body)
     assert any(e["event"] == "unhandled_error" and e.get("exc_info") for e in logs)
+
+
+async def test_our_concurrency_cap_does_not_rest_a_healthy_route(gateway: Any,
+                                                                 openai_upstream: Any) -> None:
+    recorder, base_url = openai_upstream
+    recorder.delay_s = 0.3
+    providers = {"openai": {"type": "openai", "base_url": base_url,
+                            "api_key": openai_mock.API_KEY, "max_concurrency": 1}}
+    client = await gateway(make_config(providers=providers, models={
+        "gpt-image-1": {"routes": [{"provider": "openai"}]}}))
+
+    async def one() -> int:
+        resp = await client.post("/v1/images/generations", json={"model": "gpt-image-1",
+                                                                 "prompt": "p"})
+        return resp.status
+
+    statuses = await asyncio.gather(*(one() for _ in range(5)))
+    assert sorted(statuses) == [200, 429, 429, 429, 429]
+    assert await one() == 200  # not resting
