@@ -44,6 +44,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.router.add_post("/v1/images/edits", handlers.edits)
     app.router.add_post("/v1/images/variations", handlers.variations)
     app.router.add_get("/v1/models", handlers.list_models)
+    app.router.add_get("/v1/models/{model}", handlers.get_model)
     app.router.add_get("/v1/images/files/{name}", handlers.hosted_file)
     app.router.add_get("/metrics", make_aiohttp_handler(_exposed_registry(metrics, multiprocess)))
     app.router.add_get("/healthz", handlers.healthz)

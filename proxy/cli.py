@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -106,12 +107,17 @@ def serve(config: Any, args: argparse.Namespace) -> int:
     workers = [ctx.Process(target=run_worker, args=(config, True)) for _ in range(args.workers)]
     for w in workers:
         w.start()
+
+    def stop_workers(signum: int, frame: Any) -> None:
+        for w in workers:  # each worker shuts down gracefully on SIGTERM
+            if w.is_alive():
+                w.terminate()
+
+    signal.signal(signal.SIGTERM, stop_workers)
+    signal.signal(signal.SIGINT, stop_workers)
     try:
         for w in workers:
             w.join()
-    except KeyboardInterrupt:
-        for w in workers:
-            w.terminate()
     finally:
         if own_dir:
             shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

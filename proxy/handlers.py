@@ -362,6 +362,15 @@ async def list_models(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+async def get_model(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    name = request.match_info["model"]
+    if name not in allowed_models(request, gw.models.public):
+        raise GatewayError("model_not_found", f"The model '{name}' does not exist on this "
+                           "gateway.", param="model")
+    return web.Response(body=msgspec.json.encode(Model(id=name)), content_type="application/json")
+
+
 async def hosted_file(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     found = await gw.store.open(request.match_info["name"], request.query.get("expires", ""),

@@ -86,6 +86,9 @@ async def test_sdk_exception_classes(client: Any) -> None:
     assert info.value.param == "n"
     listed = await good.models.list()
     assert [m.id for m in listed.data] == ["gpt-image-1"]
+    assert (await good.models.retrieve("gpt-image-1")).id == "gpt-image-1"
+    with pytest.raises(openai.NotFoundError):
+        await good.models.retrieve("house-image")  # exists, but not for this key
     await good.close()
     await bad.close()
 
