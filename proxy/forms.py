@@ -28,6 +28,7 @@ class Form:
     content_length: int | None  # of the body the events replay, when known
     spool: IO[bytes] | None = None
     files_seen: bool = False
+    consumed: bool = False  # the events were read (streamed upstream or into memory)
 
     def close(self) -> None:
         if self.spool is not None:
@@ -203,6 +204,7 @@ async def forward_body(form: Form, check: FileCheck, model: str,
     """The body to send upstream: every byte as sent but the model value (and added fields)."""
     new_model = model.encode()
     in_model = False
+    form.consumed = True
     async for ev in form.events:
         try:
             check.feed(ev)
@@ -243,6 +245,7 @@ async def collect_files(form: Form, check: FileCheck) -> tuple[list[InputImage],
     mask: InputImage | None = None
     chunks: list[bytes] = []
     part: PartInfo | None = None
+    form.consumed = True
     async for ev in form.events:
         check.feed(ev)
         if ev.kind == "part":

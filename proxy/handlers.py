@@ -30,7 +30,7 @@ from proxy.upstream import ProviderState
 
 RETRYABLE = frozenset({"upstream_unavailable", "upstream_timeout", "upstream_auth_failed",
                        "upstream_rate_limited", "upstream_busy"})
-Attempt = Callable[[RouteState, ProviderState], Awaitable[web.StreamResponse]]
+Attempt = Callable[[RouteState, ProviderState], Awaitable[Any]]
 GPT_IMAGE_MODELS = ("gpt-image", "chatgpt-image")
 _models_cache: dict[tuple[str, ...], bytes] = {}
 
@@ -55,31 +55,82 @@ class EditForm(msgspec.Struct, kw_only=True):
     seed: int | None = None
 
 
-async def dispatch(request: web.Request, public_model: str, attempt: Attempt,
-                   *, replayable: bool = True) -> web.StreamResponse:
-    """Tries the model's routes in order; a streamed body is never sent twice."""
+async def dispatch(request: web.Request, plan: list[RouteState], attempt: Attempt,
+                   replayable: Callable[[], bool] = lambda: True) -> Any:
+    """Tries the routes in order; an attempt answering None cannot serve the request (skipped);
+    a body already streamed upstream is never sent twice."""
     gw = request.app[GATEWAY]
     last: GatewayError | None = None
-    for i, route in enumerate(gw.router.plan(public_model)):
+    tried = 0
+    for route in plan:
         state = gw.upstream.providers[route.provider]
-        if i:
+        if tried:
             gw.metrics.child(gw.metrics.retries, route.provider).inc()
         try:
-            response = await attempt(route, state)
+            result = await attempt(route, state)
         except GatewayError as error:
             if error.code not in RETRYABLE:
                 raise
+            tried += 1
             if error.code != "upstream_busy":  # our own cap, not the route's health
                 gw.router.failed(route)
             last = error
-            if not replayable:
+            if not replayable():
                 break
+            continue
+        if result is None:
             continue
         gw.router.succeeded(route)
         request[PROVIDER] = route.provider
-        return response
-    assert last is not None
-    raise last
+        return result
+    raise last or GatewayError("upstream_unavailable", "No route of this model can serve this "
+                               "request.")
+
+
+Make = Callable[[RouteState], Awaitable[ImageRequest]]
+Native = Callable[[RouteState], Awaitable[web.StreamResponse | None]]
+
+
+async def serve(request: web.Request, public: str, body: Any, kind: str, make: Make,
+                native: Native, replayable: Callable[[], bool] = lambda: True
+                ) -> web.StreamResponse:
+    """Routes one images request: OpenAI routes forward, others adapt; streams keep falling
+    back over adapted routes while keep-alives flow."""
+    gw = request.app[GATEWAY]
+    plan = gw.router.plan(public)
+    if body.stream and not gw.upstream.providers[plan[0].provider].adapter.native:
+        return await stream_adapted(request, plan, make, kind)
+
+    async def attempt(route: RouteState, state: ProviderState) -> web.StreamResponse | None:
+        if state.adapter.native:
+            return await native(route)
+        return await answer_adapted(request, route, state, await make(route))
+
+    response: web.StreamResponse = await dispatch(request, plan, attempt, replayable)
+    return response
+
+
+async def stream_adapted(request: web.Request, plan: list[RouteState], make: Make,
+                         kind: str) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    headers: dict[str, str] = {}
+    template = await make(plan[0])
+
+    async def attempt(route: RouteState, state: ProviderState) -> Any:
+        if state.adapter.native:
+            return None  # an event stream already begun continues on adapted routes only
+        req = await make(route)
+        images.check_capabilities(state, req)
+        encoded, dropped = images.encode_calls(state, req)
+        if req.partial_images:
+            dropped = (*dropped, "partial_images")  # one completed event per image
+        headers.pop("x-imagegate-dropped-params", None)
+        if dropped:
+            headers["x-imagegate-dropped-params"] = ",".join(dropped)
+        return await produce(request, route, state, req, encoded)
+
+    return await sse.stream_images(request, dispatch(request, plan, attempt), headers, kind,
+                                   template, gw.config.server.stream_keepalive_s)
 
 
 def image_request(op: Operation, body: Any, route: RouteState, images_: list[InputImage],
@@ -143,13 +194,13 @@ async def generations(request: web.Request) -> web.StreamResponse:
     routed: Routed = request[ROUTED]
     body = routed.body
 
-    async def attempt(route: RouteState, state: ProviderState) -> web.StreamResponse:
-        if state.adapter.native:
-            return await forward_json(request, route, "/images/generations")
-        return await answer_adapted(request, route, state,
-                                    image_request("generate", body, route, [], None))
+    async def make(route: RouteState) -> ImageRequest:
+        return image_request("generate", body, route, [], None)
 
-    return await dispatch(request, routed.public_model, attempt)
+    async def native(route: RouteState) -> web.StreamResponse:
+        return await forward_json(request, route, "/images/generations")
+
+    return await serve(request, routed.public_model, body, "image_generation", make, native)
 
 
 async def forward_json(request: web.Request, route: RouteState, path: str) -> web.StreamResponse:
@@ -222,22 +273,27 @@ async def json_edit(request: web.Request) -> web.StreamResponse:
     if len(body.images) > most:
         raise GatewayError("invalid_value", f"Too many images: at most {most} may be sent.",
                            param="images")
-    loaded: list[InputImage] | None = None
-    mask: InputImage | None = None
+    loaded: tuple[list[InputImage], InputImage | None] | None = None
 
-    async def attempt(route: RouteState, state: ProviderState) -> web.StreamResponse:
-        nonlocal loaded, mask
+    async def load() -> tuple[list[InputImage], InputImage | None]:
+        nonlocal loaded
         if loaded is None:  # checked before the first call, native or not
-            loaded = [await gw.fetcher.load_image(_url(ref, f"images[{i}]"), f"images[{i}]")
-                      for i, ref in enumerate(body.images)]
+            found = [await gw.fetcher.load_image(_url(ref, f"images[{i}]"), f"images[{i}]")
+                     for i, ref in enumerate(body.images)]
+            mask = None
             if body.mask is not None:
                 mask = await gw.fetcher.load_image(_url(body.mask, "mask"), "mask")
-        if state.adapter.native:
-            return await forward_json(request, route, "/images/edits")
-        return await answer_adapted(request, route, state,
-                                    image_request("edit", body, route, loaded, mask))
+            loaded = found, mask
+        return loaded
 
-    return await dispatch(request, routed.public_model, attempt)
+    async def make(route: RouteState) -> ImageRequest:
+        return image_request("edit", body, route, *await load())
+
+    async def native(route: RouteState) -> web.StreamResponse:
+        await load()
+        return await forward_json(request, route, "/images/edits")
+
+    return await serve(request, routed.public_model, body, "image_edit", make, native)
 
 
 def _url(ref: Any, param: str) -> str:
@@ -302,25 +358,26 @@ async def _multipart_edit(request: web.Request, gw: Gateway, form: forms.Form, p
     check_model_allowed(request, public)
     fields, filled = apply_defaults(fields, model_config.defaults)
     check = forms.FileCheck(gw.config.server.max_images_per_request)
+    collected: tuple[list[InputImage], InputImage | None] | None = None
 
-    async def attempt(route: RouteState, state: ProviderState) -> web.StreamResponse:
-        if state.adapter.native:
-            return await forward_multipart(request, route, form, check, path,
-                                           {k: str(v) for k, v in filled.items()}, fields)
+    async def make(route: RouteState) -> ImageRequest:
+        nonlocal collected
         if op is None:
             raise GatewayError("invalid_value", f"The model '{public}' does not support "
                                "variations.", param="model")
-        images_, mask = await collect(form, check)
-        return await answer_adapted(request, route, state,
-                                    image_request(op, fields, route, images_, mask))
+        if collected is None:  # read into memory once: adapted routes can then be retried
+            collected = await forms.collect_files(form, check)
+        return image_request(op, fields, route, *collected)
 
-    # a body read from the client as it streams can be sent once; a spooled one could be
-    # replayed, but a partly-consumed spool is not, so edits are never retried
-    return await dispatch(request, public, attempt, replayable=False)
+    async def native(route: RouteState) -> web.StreamResponse | None:
+        if form.consumed:
+            return None  # the files were read for an adapter: nothing left to stream upstream
+        return await forward_multipart(request, route, form, check, path,
+                                       {k: str(v) for k, v in filled.items()}, fields)
 
-
-async def collect(form: forms.Form, check: forms.FileCheck) -> tuple[list[InputImage], Any]:
-    return await forms.collect_files(form, check)
+    # a body streamed upstream cannot be sent twice; one read into memory can
+    return await serve(request, public, fields, "image_edit", make, native,
+                       replayable=lambda: collected is not None or not form.consumed)
 
 
 async def forward_multipart(request: web.Request, route: RouteState, form: forms.Form,

@@ -6,6 +6,7 @@ from typing import Any
 
 import aiohttp
 import openai
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
@@ -168,3 +169,39 @@ async def test_our_concurrency_cap_does_not_rest_a_healthy_route(gateway: Any,
     statuses = await asyncio.gather(*(one() for _ in range(5)))
     assert sorted(statuses) == [200, 429, 429, 429, 429]
     assert await one() == 200  # not resting
+
+
+async def slow_failing_ark(aiohttp_server: Any) -> str:
+    async def generations(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.3)
+        return web.json_response({"error": {"code": "InternalServiceError", "message": "x"}},
+                                 status=500)
+
+    app = web.Application()
+    app.router.add_post("/images/generations", generations)
+    return str((await aiohttp_server(app)).make_url("")).rstrip("/")
+
+
+async def test_streams_and_edits_fall_back_over_adapted_routes(aiohttp_server: Any,
+                                                               gateway: Any) -> None:
+    base = await slow_failing_ark(aiohttp_server)
+    config = make_config(
+        {"server": {"stream_keepalive_s": 0.05}},
+        providers={"ark": {"type": "ark", "base_url": base, "api_key": "k"}},
+        models={"pics": {"routes": [{"provider": "ark", "model": "doubao-seedream-4-0"},
+                                    {"provider": "local", "priority": 1}]}})
+    client = await gateway(config)
+    resp = await client.post("/v1/images/generations", json={
+        "model": "pics", "prompt": "p", "size": "16x16", "stream": True})
+    text = await resp.text()
+    assert resp.status == 200 and ": keep-alive" in text
+    assert "event: image_generation.completed" in text and "event: error" not in text
+    assert client.registry.get_sample_value("imagegate_retries_total",
+                                            {"provider": "local"}) == 1
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    result = await sdk.images.edit(model="pics", prompt="p",
+                                   image=("a.png", openai_mock.PNG, "image/png"))
+    await sdk.close()
+    assert len(result.data) == 1  # Ark failed after the files were read: local served them
+    assert client.registry.get_sample_value("imagegate_upstream_requests_total", {
+        "provider": "ark", "model": "doubao-seedream-4-0", "outcome": "server_error"}) == 2
