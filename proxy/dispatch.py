@@ -1,0 +1,245 @@
+"""Answering one images request: route order and fallback, forwarding, adapting, streaming."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from adapters.base import ImageRequest, InputImage, Operation, sniff_mime
+from config.api import ImagesResponse
+from config.errors import GatewayError
+from middlewares.keys import IMAGES, MODEL, PROVIDER, ROUTED
+from middlewares.rewrite import Routed
+from proxy import forms, images, sse
+from proxy.gateway import GATEWAY
+from proxy.relay import relay, rewrite_json, usage_of
+from proxy.routing import RouteState
+from proxy.upstream import ProviderState
+
+RETRYABLE = frozenset({"upstream_unavailable", "upstream_timeout", "upstream_auth_failed",
+                       "upstream_rate_limited", "upstream_busy"})
+
+
+Attempt = Callable[[RouteState, ProviderState], Awaitable[Any]]
+
+
+GPT_IMAGE_MODELS = ("gpt-image", "chatgpt-image")
+
+
+async def dispatch(request: web.Request, plan: list[RouteState], attempt: Attempt,
+                   replayable: Callable[[], bool] = lambda: True) -> Any:
+    """Tries the routes in order; an attempt answering None cannot serve the request (skipped);
+    a body already streamed upstream is never sent twice."""
+    gw = request.app[GATEWAY]
+    last: GatewayError | None = None
+    tried = 0
+    for route in plan:
+        state = gw.upstream.providers[route.provider]
+        if tried:
+            gw.metrics.child(gw.metrics.retries, route.provider).inc()
+        try:
+            result = await attempt(route, state)
+        except GatewayError as error:
+            if error.code not in RETRYABLE:
+                raise
+            tried += 1
+            if error.code != "upstream_busy":  # our own cap, not the route's health
+                gw.router.failed(route)
+            last = error
+            if not replayable():
+                break
+            continue
+        if result is None:
+            continue
+        gw.router.succeeded(route)
+        request[PROVIDER] = route.provider
+        return result
+    raise last or GatewayError("upstream_unavailable", "No route of this model can serve this "
+                               "request.")
+
+
+Make = Callable[[RouteState], Awaitable[ImageRequest]]
+
+
+Native = Callable[[RouteState], Awaitable[web.StreamResponse | None]]
+
+
+async def serve(request: web.Request, public: str, body: Any, kind: str, make: Make,
+                native: Native, replayable: Callable[[], bool] = lambda: True
+                ) -> web.StreamResponse:
+    """Routes one images request: OpenAI routes forward, others adapt; streams keep falling
+    back over adapted routes while keep-alives flow."""
+    gw = request.app[GATEWAY]
+    plan = gw.router.plan(public)
+    if body.stream and not gw.upstream.providers[plan[0].provider].adapter.native:
+        return await stream_adapted(request, plan, make, kind)
+
+    async def attempt(route: RouteState, state: ProviderState) -> web.StreamResponse | None:
+        if state.adapter.native:
+            return await native(route)
+        return await answer_adapted(request, route, state, await make(route))
+
+    response: web.StreamResponse = await dispatch(request, plan, attempt, replayable)
+    return response
+
+
+async def stream_adapted(request: web.Request, plan: list[RouteState], make: Make,
+                         kind: str) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    headers: dict[str, str] = {}
+    template = await make(plan[0])
+
+    async def attempt(route: RouteState, state: ProviderState) -> Any:
+        if state.adapter.native:
+            return None  # an event stream already begun continues on adapted routes only
+        req = await make(route)
+        images.check_capabilities(state, req)
+        encoded, dropped = images.encode_calls(state, req)
+        if req.partial_images:
+            dropped = (*dropped, "partial_images")  # one completed event per image
+        headers.pop("x-imagegate-dropped-params", None)
+        if dropped:
+            headers["x-imagegate-dropped-params"] = ",".join(dropped)
+        return await produce(request, route, state, req, encoded)
+
+    return await sse.stream_images(request, dispatch(request, plan, attempt), headers, kind,
+                                   template, gw.config.server.stream_keepalive_s)
+
+
+def image_request(op: Operation, body: Any, route: RouteState, images_: list[InputImage],
+                  mask: InputImage | None) -> ImageRequest:
+    r = route.route
+    return ImageRequest(
+        operation=op, model=route.model, prompt=body.prompt, n=body.n or 1, size=body.size,
+        quality=body.quality, response_format=body.response_format or "b64_json",
+        output_format=body.output_format, output_compression=body.output_compression,
+        background=body.background, style=getattr(body, "style", None),
+        moderation=body.moderation, input_fidelity=getattr(body, "input_fidelity", None),
+        user=body.user, seed=body.seed, stream=bool(body.stream),
+        partial_images=body.partial_images, images=images_, mask=mask,
+        watermark=r.watermark, image_only=r.image_only,
+    )
+
+
+async def answer_adapted(request: web.Request, route: RouteState, state: ProviderState,
+                         req: ImageRequest) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    images.check_capabilities(state, req)
+    encoded, dropped = images.encode_calls(state, req)
+    if req.stream and req.partial_images:
+        dropped = (*dropped, "partial_images")  # one completed event per image, no partials
+    headers = {"x-imagegate-dropped-params": ",".join(dropped)} if dropped else {}
+    work = produce(request, route, state, req, encoded)
+    if req.stream:
+        kind = "image_edit" if req.operation == "edit" else "image_generation"
+        return await sse.stream_images(request, work, headers, kind, req,
+                                       gw.config.server.stream_keepalive_s)
+    body, failed = await work
+    if failed:
+        headers["x-imagegate-failed-images"] = str(failed)
+    return images.json_response(body, headers)
+
+
+async def produce(request: web.Request, route: RouteState, state: ProviderState,
+                  req: ImageRequest, encoded: list[Any]) -> tuple[ImagesResponse, int]:
+    """Calls the provider, then normalises: the answer and how many images failed."""
+    gw = request.app[GATEWAY]
+    results = await images.call_provider(gw.upstream, state, req, encoded)
+    # a provider that answers more images than asked (an OpenRouter model replying with two)
+    # still gives the client exactly n
+    generated = [img for r in results for img in r.images][: req.n]
+    if not generated:
+        raise GatewayError("no_image", "The provider answered without an image.")
+    base = gw.public_base_url or f"{request.scheme}://{request.host}"
+    done = state.adapter.capabilities.formats
+    data = list(await asyncio.gather(*(gw.finisher.image(img, req, base, done)
+                                       for img in generated)))
+    created = max(r.created for r in results) or int(time.time())
+    usage = images.sum_usage(results)
+    body = ImagesResponse(created=created, data=data,
+                          usage=usage if usage is not None else msgspec.UNSET)
+    gw.count_images(request[MODEL], route.provider, len(data), usage)
+    request[IMAGES] = len(data)
+    return body, req.n - len(data)  # images asked for and not delivered
+
+
+async def forward_json(request: web.Request, route: RouteState, path: str) -> web.StreamResponse:
+    routed: Routed = request[ROUTED]
+    gw = request.app[GATEWAY]
+    raw = routed.raw
+    # GPT image models answer only base64 and refuse `response_format`: the gateway keeps the
+    # field to itself and hosts the images when the client asked for links
+    wants = routed.body.response_format
+    hosted = wants is not None and route.model.startswith(GPT_IMAGE_MODELS)
+    if routed.rewritten or route.model != routed.public_model or hosted:
+        drop = ("response_format",) if hosted else ()
+        raw = rewrite_json(raw, route.model, routed.defaults, drop)
+    stream = bool(routed.body.stream)
+    async with gw.upstream.attempt(route.provider, route.model, path, data=raw,
+                                   headers={"Content-Type": "application/json"},
+                                   stream=stream) as resp:
+        if hosted and wants == "url" and resp.status == 200 and not stream:
+            response: web.StreamResponse = await host_images(request, await resp.read())
+        else:
+            response = await relay(request, resp, route.provider, stream=stream)
+    if response.status == 200 and not stream:
+        n = routed.body.n or 1
+        body = response.body if isinstance(response, web.Response) else None
+        usage = usage_of(body) if isinstance(body, bytes) else None
+        gw.count_images(routed.public_model, route.provider, n, usage)
+        request[IMAGES] = n
+    return response
+
+
+async def host_images(request: web.Request, raw: bytes) -> web.Response:
+    """An OpenAI answer with base64 images, turned into signed gateway links."""
+    gw = request.app[GATEWAY]
+    try:
+        answer = msgspec.json.decode(raw, type=ImagesResponse)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise GatewayError("upstream_unavailable", "The provider's answer was not "
+                           "understood.") from None
+    base = gw.public_base_url or f"{request.scheme}://{request.host}"
+    for item in answer.data:
+        if isinstance(item.b64_json, str):
+            data = base64.b64decode(item.b64_json)
+            mime = sniff_mime(data[:16])
+            if mime is None:
+                raise images.bad_image()
+            name, query = await gw.store.save(data, mime)
+            item.url, item.b64_json = f"{base}/v1/images/files/{name}?{query}", msgspec.UNSET
+    return images.json_response(answer, {})
+
+
+async def forward_multipart(request: web.Request, route: RouteState, form: forms.Form,
+                            check: forms.FileCheck, path: str, filled: dict[str, str],
+                            fields: Any) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    extra = dict(filled)
+    if "model" not in form.raw_fields and route.model != "dall-e-2":
+        extra["model"] = route.model
+    headers = {"Content-Type": request.headers["Content-Type"]}
+    length = forms.forward_length(form, route.model, extra)
+    if length is not None:
+        headers["Content-Length"] = str(length)  # some upstreams refuse chunked uploads
+    body = forms.forward_body(form, check, route.model, extra)
+    stream = bool(fields.stream)
+    try:
+        async with gw.upstream.attempt(route.provider, route.model, path, data=body,
+                                       headers=headers, stream=stream) as resp:
+            response = await relay(request, resp, route.provider, stream=stream)
+    except GatewayError:
+        if check.error is not None:
+            raise check.error from None
+        raise
+    if check.error is not None:
+        raise check.error
+    if response.status == 200 and not stream:
+        gw.count_images(request[MODEL], route.provider, fields.n or 1, None)
+        request[IMAGES] = fields.n or 1
+    return response
