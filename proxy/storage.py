@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from redis.exceptions import RedisError
 
 from config.errors import GatewayError
 from config.schema import StorageConfig
@@ -58,21 +57,22 @@ class RedisBackend:
     """Images shared by every gateway machine; Redis expires them itself."""
 
     def __init__(self, url: str, ttl_s: float) -> None:
-        import redis.asyncio as redis
+        import redis.asyncio as redis  # imported only when configured: it costs ~6 MB and 90 ms
 
         self.client: Any = redis.from_url(url)
+        self.errors: type[Exception] = redis.RedisError
         self.ttl_s = ttl_s
 
     async def put(self, name: str, data: bytes) -> None:
         try:
             await self.client.set(REDIS_PREFIX + name, data, ex=max(1, int(self.ttl_s)))
-        except RedisError as exc:
+        except self.errors as exc:
             raise storage_down() from exc
 
     async def get(self, name: str) -> bytes | None:
         try:
             data: bytes | None = await self.client.get(REDIS_PREFIX + name)
-        except RedisError as exc:
+        except self.errors as exc:
             raise storage_down() from exc
         return data
 
