@@ -223,16 +223,23 @@ async def forward_multipart(request: web.Request, route: RouteState, form: forms
     extra = dict(filled)
     if "model" not in form.raw_fields and route.model != "dall-e-2":
         extra["model"] = route.model
+    # as for JSON: GPT image models refuse `response_format` (when it came before the files,
+    # where the gateway has read it, it is held back and `url` answers are hosted here)
+    hosted = route.model.startswith(GPT_IMAGE_MODELS) and "response_format" in form.raw_fields
+    drop = frozenset({"response_format"}) if hosted else frozenset()
     headers = {"Content-Type": request.headers["Content-Type"]}
-    length = forms.forward_length(form, route.model, extra)
+    length = forms.forward_length(form, route.model, extra, drop)
     if length is not None:
         headers["Content-Length"] = str(length)  # some upstreams refuse chunked uploads
-    body = forms.forward_body(form, check, route.model, extra)
+    body = forms.forward_body(form, check, route.model, extra, drop)
     stream = bool(fields.stream)
     try:
         async with gw.upstream.attempt(route.provider, route.model, path, data=body,
                                        headers=headers, stream=stream) as resp:
-            response = await relay(request, resp, route.provider, stream=stream)
+            if hosted and fields.response_format == "url" and resp.status == 200 and not stream:
+                response: web.StreamResponse = await host_images(request, await resp.read())
+            else:
+                response = await relay(request, resp, route.provider, stream=stream)
     except GatewayError:
         if check.error is not None:
             raise check.error from None

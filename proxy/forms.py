@@ -24,6 +24,7 @@ class Form:
     boundary: bytes
     fields: dict[str, str]
     raw_fields: dict[str, bytes]
+    part_sizes: dict[str, int]
     events: AsyncIterator[Event]
     content_length: int | None  # of the body the events replay, when known
     spool: IO[bytes] | None = None
@@ -66,13 +67,19 @@ class _Fields:
     def __init__(self) -> None:
         self.text: dict[str, str] = {}
         self.raw: dict[str, bytes] = {}
+        self.sizes: dict[str, int] = {}  # a text part's bytes, its delimiter and headers included
         self.current: PartInfo | None = None
         self.chunks: list[bytes] = []
         self.size = 0
+        self.before = 0  # raw bytes since the last part ended: the next part's delimiter, headers
+        self.part_bytes = 0
 
     def feed(self, ev: Event) -> None:
-        if ev.kind == "part":
+        if ev.kind == "raw":
+            self.before += len(ev.data)
+        elif ev.kind == "part":
             self.current, self.chunks = ev.part, []
+            self.part_bytes, self.before = self.before, 0
         elif ev.kind == "data" and self.current is not None and not is_file(self.current):
             self.size += len(ev.data)
             if self.size > MAX_TEXT_BYTES:
@@ -84,6 +91,7 @@ class _Fields:
                                    "more than once.", param=self.current.name)
             raw = b"".join(self.chunks)
             self.raw[self.current.name] = raw
+            self.sizes[self.current.name] = self.part_bytes + len(raw)
             self.text[self.current.name] = raw.decode("utf-8", "replace")
 
 
@@ -103,10 +111,10 @@ async def read_form(request: web.Request, max_bytes: int,
         if ev.kind == "part" and is_file(ev.part) and not all(n in fields.text for n in needed):
             return await _spool(boundary, seen, events, fields)
         if ev.kind == "part" and is_file(ev.part):
-            return Form(boundary, fields.text, fields.raw, _chain(seen, events), length,
+            return Form(boundary, fields.text, fields.raw, fields.sizes, _chain(seen, events), length,
                         files_seen=True)
         fields.feed(ev)
-    return Form(boundary, fields.text, fields.raw, _chain(seen, _empty()), length)
+    return Form(boundary, fields.text, fields.raw, fields.sizes, _chain(seen, _empty()), length)
 
 
 async def _empty() -> AsyncIterator[Event]:
@@ -129,7 +137,7 @@ async def _spool(boundary: bytes, seen: list[Event], events: AsyncIterator[Event
     except BaseException:
         spool.close()
         raise
-    return Form(boundary, fields.text, fields.raw, scan(boundary, _file_chunks(spool)), size,
+    return Form(boundary, fields.text, fields.raw, fields.sizes, scan(boundary, _file_chunks(spool)), size,
                 spool=spool, files_seen=True)
 
 
@@ -199,11 +207,13 @@ def extra_part(boundary: bytes, name: str, value: str) -> bytes:
             + name.encode() + b'"\r\n\r\n' + value.encode())
 
 
-async def forward_body(form: Form, check: FileCheck, model: str,
-                       extra: Mapping[str, str]) -> AsyncIterator[bytes]:
-    """The body to send upstream: every byte as sent but the model value (and added fields)."""
+async def forward_body(form: Form, check: FileCheck, model: str, extra: Mapping[str, str],
+                       drop: frozenset[str] = frozenset()) -> AsyncIterator[bytes]:
+    """The body to send upstream: every byte as sent but the model value, added fields, and
+    dropped text fields (their delimiter and headers are held back until the part is named)."""
     new_model = model.encode()
-    in_model = False
+    in_model = skipping = False
+    pending: list[bytes] = []
     form.consumed = True
     async for ev in form.events:
         try:
@@ -214,29 +224,37 @@ async def forward_body(form: Form, check: FileCheck, model: str,
             check.error = error  # aiohttp's body writer would bury it: the handler re-raises it
             raise
         kind = ev.kind
-        if kind == "part":
-            in_model = ev.part.name == "model" and not is_file(ev.part)
+        if kind == "raw":
+            pending.append(ev.data)
+        elif kind == "part":
+            text = not is_file(ev.part)
+            skipping = text and ev.part.name in drop
+            in_model = text and ev.part.name == "model"
+            if not skipping:
+                yield b"".join(pending)
+            pending.clear()
         elif kind == "data":
-            if not in_model:
+            if not (in_model or skipping):
                 yield ev.data
         elif kind == "end":
             if in_model:
                 yield new_model
-                in_model = False
-        elif kind == "close":
+            in_model = skipping = False
+        else:  # close
+            yield b"".join(pending)
             for name, value in extra.items():
                 yield extra_part(form.boundary, name, value)
             yield ev.data
-        else:
-            yield ev.data
 
 
-def forward_length(form: Form, model: str, extra: Mapping[str, str]) -> int | None:
+def forward_length(form: Form, model: str, extra: Mapping[str, str],
+                   drop: frozenset[str] = frozenset()) -> int | None:
     if form.content_length is None:
         return None
     old = len(form.raw_fields.get("model", b""))
     added = sum(len(extra_part(form.boundary, k, v)) for k, v in extra.items())
-    return form.content_length - old + len(model.encode()) + added
+    removed = sum(form.part_sizes[name] for name in drop)
+    return form.content_length - old + len(model.encode()) + added - removed
 
 
 async def collect_files(form: Form, check: FileCheck) -> tuple[list[InputImage], InputImage | None]:

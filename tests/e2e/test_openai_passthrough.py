@@ -165,3 +165,26 @@ async def test_request_id_is_echoed_or_made(setup: Any) -> None:
     assert resp.headers["x-request-id"] == "client-id-1"
     resp = await client.get("/healthz", headers={"x-request-id": "bad id\twith spaces"})
     assert resp.headers["x-request-id"].startswith("req_")
+
+
+@pytest.mark.parametrize("first", [True, False])
+async def test_multipart_gpt_image_edits_hold_back_response_format(setup: Any,
+                                                                   first: bool) -> None:
+    recorder, client, _ = setup
+    fields = [("response_format", None, b"url"), ("model", None, b"house"),
+              ("prompt", None, b"p")]
+    if not first:
+        fields = fields[1:] + fields[:1]
+    body, ctype = multipart([*fields, ("image", "a.png", PNG)])
+    resp = await client.post("/v1/images/edits", data=body, headers={"Content-Type": ctype})
+    assert resp.status == 200, await resp.text()
+    names = [p.name for p in recorder.last.parts]
+    assert "response_format" not in names and names.count("image") == 1
+    part = b'--' + ctype.split("=")[1].encode() + (
+        b'\r\nContent-Disposition: form-data; name="response_format"\r\n\r\nurl\r\n')
+    removed = len(part) - 2 if first else len(part)  # the CRLF before a delimiter belongs to it
+    expected = len(body) - removed - len(b"house") + len(b"gpt-image-1")
+    assert int(recorder.last.headers["Content-Length"]) == expected
+    url = (await resp.json())["data"][0]["url"]
+    got = await client.get("/" + url.split("/", 3)[3])
+    assert await got.read() == PNG
