@@ -111,8 +111,8 @@ async def read_form(request: web.Request, max_bytes: int,
         if ev.kind == "part" and is_file(ev.part) and not all(n in fields.text for n in needed):
             return await _spool(boundary, seen, events, fields)
         if ev.kind == "part" and is_file(ev.part):
-            return Form(boundary, fields.text, fields.raw, fields.sizes, _chain(seen, events), length,
-                        files_seen=True)
+            return Form(boundary, fields.text, fields.raw, fields.sizes, _chain(seen, events),
+                        length, files_seen=True)
         fields.feed(ev)
     return Form(boundary, fields.text, fields.raw, fields.sizes, _chain(seen, _empty()), length)
 
@@ -137,8 +137,8 @@ async def _spool(boundary: bytes, seen: list[Event], events: AsyncIterator[Event
     except BaseException:
         spool.close()
         raise
-    return Form(boundary, fields.text, fields.raw, fields.sizes, scan(boundary, _file_chunks(spool)), size,
-                spool=spool, files_seen=True)
+    return Form(boundary, fields.text, fields.raw, fields.sizes,
+                scan(boundary, _file_chunks(spool)), size, spool=spool, files_seen=True)
 
 
 @dataclass
