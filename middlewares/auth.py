@@ -63,8 +63,10 @@ def check_model_allowed(request: web.Request, model: str) -> None:
         )
 
 
-def allowed_models(request: web.Request, names: list[str]) -> list[str]:
+def allowed_models(request: web.Request, names: list[str],
+                   public: dict[str, str] | None = None) -> list[str]:
+    """The names (aliases too, given `public`: name -> its model) the caller's key may use."""
     key = request.get(API_KEY)
     if key is None or key.models is None:
         return names
-    return [n for n in names if n in key.models]
+    return [n for n in names if (public or {}).get(n, n) in key.models]

@@ -43,6 +43,8 @@ class ModelTable:
             for alias in (name, *model.aliases):
                 self.names[alias] = (name, model)
         self.public = list(config.models)
+        self.listed = list(self.names)  # public names and their aliases
+        self.public_of = {alias: found[0] for alias, found in self.names.items()}
 
     def resolve(self, requested: str | None) -> tuple[str, ModelConfig]:
         found = self.names.get(requested or DEFAULT_MODEL)

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -100,6 +101,9 @@ def serve(config: Any, args: argparse.Namespace) -> int:
     if args.workers <= 1:
         run_worker(config, multiprocess=False)
         return 0
+    if not config.storage.signing_secret:  # one secret for all workers: any of them serves a link
+        storage = msgspec.structs.replace(config.storage, signing_secret=secrets.token_hex(32))
+        config = msgspec.structs.replace(config, storage=storage)
     own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     if own_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="imagegate-prom-")

@@ -37,17 +37,21 @@ async def dispatch(request: web.Request, plan: list[RouteState], attempt: Attemp
     a body already streamed upstream is never sent twice."""
     gw = request.app[GATEWAY]
     last: GatewayError | None = None
-    tried = 0
+    refused: GatewayError | None = None
+    failures = 0
     for route in plan:
         state = gw.upstream.providers[route.provider]
-        if tried:
-            gw.metrics.child(gw.metrics.retries, route.provider).inc()
         try:
             result = await attempt(route, state)
+        except Unsuitable as skip:  # this route cannot do what was asked; another may
+            refused = refused or skip.error
+            continue
         except GatewayError as error:
             if error.code not in RETRYABLE:
                 raise
-            tried += 1
+            if failures:
+                gw.metrics.child(gw.metrics.retries, route.provider).inc()
+            failures += 1
             if error.code != "upstream_busy":  # our own cap, not the route's health
                 gw.router.failed(route)
             last = error
@@ -56,11 +60,35 @@ async def dispatch(request: web.Request, plan: list[RouteState], attempt: Attemp
             continue
         if result is None:
             continue
+        if failures:
+            gw.metrics.child(gw.metrics.retries, route.provider).inc()
         gw.router.succeeded(route)
         request[PROVIDER] = route.provider
         return result
-    raise last or GatewayError("upstream_unavailable", "No route of this model can serve this "
-                               "request.")
+    raise last or refused or GatewayError("upstream_unavailable", "No route of this model can "
+                                          "serve this request.")
+
+
+class Unsuitable(Exception):
+    """A route that cannot honour the request (a mask, an edit, a size): try the next one."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def prepare(state: ProviderState, req: ImageRequest) -> tuple[list[Any], tuple[str, ...]]:
+    """The provider requests of one route, checked before anything is sent."""
+    try:
+        images.check_capabilities(state, req)
+        encoded, dropped = images.encode_calls(state, req)
+    except GatewayError as error:
+        if error.code != "invalid_value":
+            raise
+        raise Unsuitable(error) from None
+    if req.stream and req.partial_images:
+        dropped = (*dropped, "partial_images")  # one completed event per image, no partials
+    return encoded, dropped
 
 
 Make = Callable[[RouteState], Awaitable[ImageRequest]]
@@ -98,10 +126,7 @@ async def stream_adapted(request: web.Request, plan: list[RouteState], make: Mak
         if state.adapter.native:
             return None  # an event stream already begun continues on adapted routes only
         req = await make(route)
-        images.check_capabilities(state, req)
-        encoded, dropped = images.encode_calls(state, req)
-        if req.partial_images:
-            dropped = (*dropped, "partial_images")  # one completed event per image
+        encoded, dropped = prepare(state, req)
         headers.pop("x-imagegate-dropped-params", None)
         if dropped:
             headers["x-imagegate-dropped-params"] = ",".join(dropped)
@@ -129,10 +154,7 @@ def image_request(op: Operation, body: Any, route: RouteState, images_: list[Inp
 async def answer_adapted(request: web.Request, route: RouteState, state: ProviderState,
                          req: ImageRequest) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    images.check_capabilities(state, req)
-    encoded, dropped = images.encode_calls(state, req)
-    if req.stream and req.partial_images:
-        dropped = (*dropped, "partial_images")  # one completed event per image, no partials
+    encoded, dropped = prepare(state, req)
     headers = {"x-imagegate-dropped-params": ",".join(dropped)} if dropped else {}
     work = produce(request, route, state, req, encoded)
     if req.stream:
@@ -157,8 +179,15 @@ async def produce(request: web.Request, route: RouteState, state: ProviderState,
         raise GatewayError("no_image", "The provider answered without an image.")
     base = gw.public_base_url or f"{request.scheme}://{request.host}"
     done = state.adapter.capabilities.formats
-    data = list(await asyncio.gather(*(gw.finisher.image(img, req, base, done)
-                                       for img in generated)))
+    outcomes = await asyncio.gather(*(gw.finisher.image(img, req, base, done)
+                                      for img in generated), return_exceptions=True)
+    data = [o for o in outcomes if not isinstance(o, BaseException)]
+    lost = [o for o in outcomes if isinstance(o, BaseException)]
+    for error in lost:
+        if not isinstance(error, Exception):
+            raise error  # cancellation
+    if not data:
+        raise lost[0]  # an image that failed to download does not sink the others
     created = max(r.created for r in results) or int(time.time())
     usage = images.sum_usage(results)
     body = ImagesResponse(created=created, data=data,
@@ -180,20 +209,30 @@ async def forward_json(request: web.Request, route: RouteState, path: str) -> we
         drop = ("response_format",) if hosted else ()
         raw = rewrite_json(raw, route.model, routed.defaults, drop)
     stream = bool(routed.body.stream)
+    completed = [0]
     async with gw.upstream.attempt(route.provider, route.model, path, data=raw,
                                    headers={"Content-Type": "application/json"},
                                    stream=stream) as resp:
         if hosted and wants == "url" and resp.status == 200 and not stream:
             response: web.StreamResponse = await host_images(request, await resp.read())
         else:
-            response = await relay(request, resp, route.provider, stream=stream)
-    if response.status == 200 and not stream:
-        n = routed.body.n or 1
-        body = response.body if isinstance(response, web.Response) else None
-        usage = usage_of(body) if isinstance(body, bytes) else None
-        gw.count_images(routed.public_model, route.provider, n, usage)
-        request[IMAGES] = n
+            response = await relay(request, resp, route.provider, stream=stream,
+                                   completed=completed)
+    count_native(request, route, response, routed.body.n, completed)
     return response
+
+
+def count_native(request: web.Request, route: RouteState, response: web.StreamResponse,
+                 n: int | None, completed: list[int]) -> None:
+    """Images (and tokens, read from the answer's tail) of an OpenAI answer, for the metrics."""
+    if response.status != 200:
+        return
+    gw = request.app[GATEWAY]
+    body = response.body if isinstance(response, web.Response) else None
+    usage = usage_of(body) if isinstance(body, bytes) else None
+    count = completed[0] if response.prepared and completed[0] else n or 1
+    gw.count_images(request[MODEL], route.provider, count, usage)
+    request[IMAGES] = count
 
 
 async def host_images(request: web.Request, raw: bytes) -> web.Response:
@@ -233,20 +272,20 @@ async def forward_multipart(request: web.Request, route: RouteState, form: forms
         headers["Content-Length"] = str(length)  # some upstreams refuse chunked uploads
     body = forms.forward_body(form, check, route.model, extra, drop)
     stream = bool(fields.stream)
+    completed = [0]
     try:
         async with gw.upstream.attempt(route.provider, route.model, path, data=body,
                                        headers=headers, stream=stream) as resp:
             if hosted and fields.response_format == "url" and resp.status == 200 and not stream:
                 response: web.StreamResponse = await host_images(request, await resp.read())
             else:
-                response = await relay(request, resp, route.provider, stream=stream)
+                response = await relay(request, resp, route.provider, stream=stream,
+                                       completed=completed)
     except GatewayError:
         if check.error is not None:
             raise check.error from None
         raise
     if check.error is not None:
         raise check.error
-    if response.status == 200 and not stream:
-        gw.count_images(request[MODEL], route.provider, fields.n or 1, None)
-        request[IMAGES] = fields.n or 1
+    count_native(request, route, response, fields.n, completed)
     return response

@@ -257,15 +257,24 @@ def forward_length(form: Form, model: str, extra: Mapping[str, str],
     return form.content_length - old + len(model.encode()) + added - removed
 
 
-async def collect_files(form: Form, check: FileCheck) -> tuple[list[InputImage], InputImage | None]:
-    """Reads every file into memory, for adapters that must re-encode them."""
+Collected = tuple[list[InputImage], InputImage | None, dict[str, str]]
+
+
+async def collect_files(form: Form, check: FileCheck) -> Collected:
+    """Reads every file into memory, for adapters that must re-encode them; also returns the
+    text fields that came after the first file (the head only read up to it)."""
     images: list[InputImage] = []
     mask: InputImage | None = None
     chunks: list[bytes] = []
     part: PartInfo | None = None
+    late = _Fields()  # text parts after the first file (a spooled form already has them all)
+    seen_file = False
     form.consumed = True
     async for ev in form.events:
         check.feed(ev)
+        seen_file = seen_file or (ev.kind == "part" and is_file(ev.part))
+        if seen_file:
+            late.feed(ev)
         if ev.kind == "part":
             part, chunks = (ev.part if is_file(ev.part) else None), []
         elif ev.kind == "data" and part is not None:
@@ -279,4 +288,4 @@ async def collect_files(form: Form, check: FileCheck) -> tuple[list[InputImage],
             part = None
         elif ev.kind == "close":
             check.finish()
-    return images, mask
+    return images, mask, {k: v for k, v in late.text.items() if k not in form.fields}

@@ -19,7 +19,7 @@ from middlewares.rewrite import (
     validation_error,
 )
 from proxy import forms
-from proxy.dispatch import forward_json, forward_multipart, image_request, serve
+from proxy.dispatch import Unsuitable, forward_json, forward_multipart, image_request, serve
 from proxy.gateway import GATEWAY, Gateway
 from proxy.routing import RouteState
 
@@ -169,12 +169,16 @@ async def _multipart_edit(request: web.Request, gw: Gateway, form: forms.Form, p
     collected: tuple[list[InputImage], InputImage | None] | None = None
 
     async def make(route: RouteState) -> ImageRequest:
-        nonlocal collected
+        nonlocal collected, fields
         if op is None:
-            raise GatewayError("invalid_value", f"The model '{public}' does not support "
-                               "variations.", param="model")
+            raise Unsuitable(GatewayError("invalid_value", f"The model '{public}' does not "
+                                          "support variations.", param="model"))
         if collected is None:  # read into memory once: adapted routes can then be retried
-            collected = await forms.collect_files(form, check)
+            images_, mask, late = await forms.collect_files(form, check)
+            collected = images_, mask
+            if late:  # fields sent after the files count too
+                fields, _ = apply_defaults(parse_form_fields({**form.fields, **late}),
+                                           model_config.defaults)
         return image_request(op, fields, route, *collected)
 
     async def native(route: RouteState) -> web.StreamResponse | None:
@@ -190,7 +194,7 @@ async def _multipart_edit(request: web.Request, gw: Gateway, form: forms.Form, p
 
 async def list_models(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    names = tuple(allowed_models(request, gw.models.public))
+    names = tuple(allowed_models(request, gw.models.listed, gw.models.public_of))
     body = _models_cache.get(names)
     if body is None:
         body = _models_cache[names] = msgspec.json.encode(
@@ -201,7 +205,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     name = request.match_info["model"]
-    if name not in allowed_models(request, gw.models.public):
+    if name not in allowed_models(request, gw.models.listed, gw.models.public_of):
         raise GatewayError("model_not_found", f"The model '{name}' does not exist on this "
                            "gateway.", param="model")
     return web.Response(body=msgspec.json.encode(Model(id=name)), content_type="application/json")

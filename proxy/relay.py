@@ -16,6 +16,7 @@ RELAY_WHOLE_BYTES = 4 * 1024 * 1024  # answers up to this are read whole; larger
 RELAYED_HEADERS = ("content-type", "openai-processing-ms", "retry-after",
                    "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
                    "x-ratelimit-reset-requests")
+COMPLETED = (b"event: image_generation.completed", b"event: image_edit.completed")
 _raw_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _encode = msgspec.json.Encoder().encode
 _error_view = msgspec.json.Decoder(ErrorEnvelope)
@@ -78,7 +79,8 @@ async def raise_for_upstream(resp: aiohttp.ClientResponse, provider: str) -> Non
 
 
 async def relay(request: web.Request, resp: aiohttp.ClientResponse, provider: str,
-                *, stream: bool) -> web.StreamResponse:
+                *, stream: bool, completed: list[int] | None = None) -> web.StreamResponse:
+    """The upstream's answer as it is; `completed` gets the count of final image events."""
     await raise_for_upstream(resp, provider)
     headers = _headers(resp)
     if resp.status >= 400:
@@ -94,6 +96,8 @@ async def relay(request: web.Request, resp: aiohttp.ClientResponse, provider: st
         out.content_length = length
     await out.prepare(request)
     async for chunk in resp.content.iter_any():  # events go out as they arrive
+        if completed is not None:  # an event split across two chunks goes uncounted
+            completed[0] += chunk.count(COMPLETED[0]) + chunk.count(COMPLETED[1])
         await out.write(chunk)
     await out.write_eof()
     return out

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from adapters.base import ImageRequest
-from config.api import ErrorBody, ImagesResponse, ImageStreamEvent, Usage
+from adapters.base import ImageRequest, sniff_mime
+from config.api import ErrorBody, Image, ImagesResponse, ImageStreamEvent, Usage
 from config.errors import GatewayError
 
 KEEPALIVE = b": keep-alive\n\n"
@@ -25,6 +26,15 @@ def frame(event: str, data: bytes) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
 
 
+def format_of(image: Image, req: ImageRequest) -> str:
+    """The real format of a b64 image (a provider may answer JPEG where none was asked)."""
+    if isinstance(image.b64_json, str):
+        mime = sniff_mime(base64.b64decode(image.b64_json[:24]))
+        if mime is not None:
+            return mime.split("/")[1]
+    return req.output_format or "png"
+
+
 def completed_events(body: ImagesResponse, kind: str, req: ImageRequest) -> list[bytes]:
     frames = []
     last = len(body.data) - 1
@@ -33,7 +43,7 @@ def completed_events(body: ImagesResponse, kind: str, req: ImageRequest) -> list
         event = ImageStreamEvent(
             type=f"{kind}.completed", b64_json=image.b64_json, url=image.url,
             created_at=body.created, size=req.size or "auto", quality=req.quality or "auto",
-            background=req.background or "auto", output_format=req.output_format or "png",
+            background=req.background or "auto", output_format=format_of(image, req),
             usage=usage if i == last else Usage(),
         )
         frames.append(frame(event.type, _encode(event)))
@@ -49,7 +59,9 @@ async def stream_images(request: web.Request,
     try:
         await asyncio.wait({task}, timeout=keepalive_s)
         if task.done():
-            task.result()  # raises a provider error as a plain HTTP error
+            _, failed = task.result()  # raises a provider error as a plain HTTP error
+            if failed:
+                headers = {**headers, "x-imagegate-failed-images": str(failed)}
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                           "Cache-Control": "no-cache", **headers})
         await out.prepare(request)

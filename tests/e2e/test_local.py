@@ -112,3 +112,16 @@ async def test_stream_sends_one_completed_event_per_image(sdk: Any) -> None:
     edit = await sdk.images.edit(model="local", prompt="p", stream=True,
                                  image=("a.png", png((16, 16), (1, 2, 3)), "image/png"))
     assert [e.type async for e in edit] == ["image_edit.completed"]
+
+
+async def test_fields_after_the_files_count_on_adapted_routes(sdk: Any) -> None:
+    from tests.e2e.test_openai_passthrough import multipart
+
+    body, ctype = multipart([("model", None, b"local"), ("prompt", None, b"p"),
+                             ("image", "a.png", png((24, 24), (5, 5, 5))), ("n", None, b"2"),
+                             ("output_format", None, b"webp")])
+    resp = await sdk.gateway.post("/v1/images/edits", data=body,
+                                  headers={"Content-Type": ctype})
+    data = (await resp.json())["data"]
+    assert resp.status == 200 and len(data) == 2
+    assert decode(data[0]["b64_json"]).format == "WEBP"

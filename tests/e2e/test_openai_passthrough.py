@@ -112,10 +112,12 @@ async def test_json_edit_with_data_urls_is_forwarded(setup: Any) -> None:
 
 
 async def test_stream_is_relayed_event_by_event(setup: Any) -> None:
-    _, _, sdk = setup
-    stream = await sdk.images.generate(model="gpt-image-1", prompt="p", stream=True)
+    _, client, sdk = setup
+    stream = await sdk.images.generate(model="gpt-image-1", prompt="p", n=3, stream=True)
     types = [event.type async for event in stream]
     assert types == ["image_generation.partial_image", "image_generation.completed"]
+    assert client.registry.get_sample_value(
+        "imagegate_images_total", {"model": "gpt-image-1", "provider": "openai"}) == 1  # sent
 
 
 @pytest.mark.parametrize(("mode", "exc", "status", "code"), [
