@@ -13,12 +13,13 @@ OutputFormat = Literal["png", "jpeg", "webp"]
 Background = Literal["transparent", "opaque", "auto"]
 Quality = Literal["auto", "low", "medium", "high", "standard", "hd"]
 DEFAULT_MODEL = "dall-e-2"
+MAX_PROMPT_CHARS = 32000  # OpenAI's limit for GPT image models, the largest any provider takes
 
 
 class ImageGenerateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Generation body; unknown fields are kept by the passthrough (it forwards the raw bytes)."""
 
-    prompt: Annotated[str, Meta(min_length=1)]
+    prompt: Annotated[str, Meta(min_length=1, max_length=MAX_PROMPT_CHARS)]
     model: str | None = None
     n: N | None = None
     size: str | None = None

@@ -55,6 +55,18 @@ def _expand(value: Any, path: str, env: Mapping[str, str]) -> Any:
     return expanded
 
 
+def _unset(value: Any, path: str, env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(path, name) of every `${VAR}` without a default that the environment lacks."""
+    if isinstance(value, dict):
+        return [u for k, v in value.items() for u in _unset(v, _join(path, str(k)), env)]
+    if isinstance(value, list):
+        return [u for i, v in enumerate(value) for u in _unset(v, f"{path}[{i}]", env)]
+    if not isinstance(value, str):
+        return []
+    return [(path, m.group(1)) for m in _VAR.finditer(value)
+            if m.group(1) not in env and m.group(2) is None]
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -80,6 +92,11 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("", "the config file must be a mapping")
+    unset = _unset(data, "", env)
+    if unset:  # all of them at once: a team should not discover them one run at a time
+        others = sorted({name for _, name in unset[1:]} - {unset[0][1]})
+        raise ConfigError(unset[0][0], f"environment variable {unset[0][1]} is not set"
+                          + (f" (also unset: {', '.join(others)})" if others else ""))
     data = _expand(data, "", env)
     typed: dict[str, Any] = {}
     for section, typ in _NAMED_MAPS.items():

@@ -1,13 +1,14 @@
 """The endpoints: parse and check each request, then hand it to proxy/dispatch.py."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from adapters.base import ImageRequest, InputImage, Operation
-from config.api import ImageEditJSONRequest, Model, ModelList
+from config.api import MAX_PROMPT_CHARS, ImageEditJSONRequest, Model, ModelList
 from config.errors import GatewayError
 from middlewares.auth import allowed_models, check_model_allowed
 from middlewares.keys import MODEL, PROMPT, ROUTED
@@ -119,6 +120,9 @@ def parse_form_fields(fields: dict[str, str]) -> EditForm:
     if not form.prompt:
         raise GatewayError("invalid_value", "Missing required parameter: 'prompt'.",
                            param="prompt")
+    if len(form.prompt) > MAX_PROMPT_CHARS:
+        raise GatewayError("invalid_value", f"The prompt is longer than {MAX_PROMPT_CHARS} "
+                           "characters.", param="prompt")
     if form.n is not None and not 1 <= form.n <= 10:
         raise GatewayError("invalid_value", "Invalid value for 'n': it must be between 1 and "
                            "10.", param="n")
@@ -225,7 +229,7 @@ async def hosted_file(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "pid": os.getpid()})  # which worker answered
 
 
 async def readyz(request: web.Request) -> web.Response:

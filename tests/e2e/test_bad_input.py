@@ -47,6 +47,8 @@ JSON_CASES = [
     (b'{"model": "house-image", "prompt": "p"}', 403, "model_not_allowed", "model"),
     (b"[1, 2]", 400, "invalid_value", None),
     (b'{"prompt": "\xff\xfe"}', 400, "invalid_value", None),
+    (b'{"model": "gpt-image-1", "prompt": "' + b"x" * 32001 + b'"}', 400, "invalid_value",
+     "prompt"),
 ]
 
 

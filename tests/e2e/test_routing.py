@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import Any
 
 import aiohttp
 import openai
+import pytest
 from aiohttp import web
+from PIL import Image
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
@@ -205,3 +208,56 @@ async def test_streams_and_edits_fall_back_over_adapted_routes(aiohttp_server: A
     assert len(result.data) == 1  # Ark failed after the files were read: local served them
     assert client.registry.get_sample_value("imagegate_upstream_requests_total", {
         "provider": "ark", "model": "doubao-seedream-4-0", "outcome": "server_error"}) == 2
+
+
+async def test_a_route_that_cannot_apply_a_mask_passes_to_one_that_can(
+        aiohttp_server: Any, gateway: Any) -> None:
+    from tests.upstreams import gemini as gemini_mock
+
+    base = str((await aiohttp_server(gemini_mock.make_app(gemini_mock.Recorder())))
+               .make_url("")).rstrip("/")
+    providers = {"gemini": {"type": "gemini", "base_url": base, "api_key": gemini_mock.API_KEY}}
+    models = {"both": {"routes": [{"provider": "gemini", "model": "gemini-2.5-flash-image"},
+                                  {"provider": "local", "priority": 1}]},
+              "gemini-only": {"routes": [{"provider": "gemini",
+                                          "model": "gemini-2.5-flash-image"}]}}
+    client = await gateway(make_config(providers=providers, models=models))
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    png, out = openai_mock.PNG, io.BytesIO()
+    Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(out, "PNG")
+    try:
+        result = await sdk.images.edit(model="both", prompt="p", image=("a.png", png, "image/png"),
+                                       mask=("m.png", out.getvalue(), "image/png"))
+        assert len(result.data) == 1
+        with pytest.raises(openai.BadRequestError) as info:
+            await sdk.images.edit(model="gemini-only", prompt="p",
+                                  image=("a.png", png, "image/png"),
+                                  mask=("m.png", png, "image/png"))
+        assert info.value.param == "mask"
+    finally:
+        await sdk.close()
+
+
+async def test_a_failed_download_keeps_the_other_images(aiohttp_server: Any,
+                                                        gateway: Any) -> None:
+    from tests.upstreams import ark as ark_mock
+
+    recorder, downloads = ark_mock.Recorder(mode="url"), [0]
+
+    @web.middleware
+    async def every_other_download_fails(request: web.Request, handler: Any) -> Any:
+        if request.path.startswith("/files/"):
+            downloads[0] += 1
+            if downloads[0] % 2 == 0:
+                return web.Response(status=500)
+        return await handler(request)
+
+    app = ark_mock.make_app(recorder)
+    app.middlewares.append(every_other_download_fails)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    client = await gateway(make_config(
+        providers={"ark": {"type": "ark", "base_url": base, "api_key": ark_mock.API_KEY}},
+        models={"s": {"routes": [{"provider": "ark", "model": "doubao-seedream-4-0"}]}}))
+    resp = await client.post("/v1/images/generations", json={"model": "s", "prompt": "p", "n": 2})
+    assert resp.status == 200 and resp.headers["x-imagegate-failed-images"] == "1"
+    assert len((await resp.json())["data"]) == 1

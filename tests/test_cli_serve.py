@@ -1,0 +1,66 @@
+"""`imagegate serve` as a process: the default config answers, workers share signed links."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], workers: int = 1) -> None:
+    """Until `workers` different processes have answered /healthz."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the gateway exited"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+                seen.add(json.loads(resp.read())["pid"])
+            if len(seen) >= workers:
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{workers} workers did not come up")
+
+
+def post_json(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=20) as resp:
+        return json.loads(resp.read())
+
+
+def test_two_workers_serve_each_others_links(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "IMAGEGATE_STORAGE_PATH": str(tmp_path / "images")}
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(port),
+                             "--workers", "2"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        wait_healthy(port, proc, workers=2)
+        base = f"http://127.0.0.1:{port}"
+        answer = post_json(f"{base}/v1/images/generations",
+                           {"model": "local", "prompt": "kite", "size": "32x32",
+                            "response_format": "url"})
+        url = answer["data"][0]["url"]
+        assert url.startswith(base + "/v1/images/files/")
+        for _ in range(8):  # new connections land on either worker
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                assert resp.status == 200 and resp.read().startswith(b"\x89PNG")
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    time.sleep(0.3)
+    leftovers = subprocess.run(["ps", "-o", "pid,cmd", "-g", str(proc.pid), "--no-headers"],
+                               capture_output=True, text=True)
+    alive = [line for line in leftovers.stdout.splitlines() if "<defunct>" not in line]
+    assert alive == []  # SIGTERM to the parent stops every worker
