@@ -45,14 +45,9 @@ def _expand(value: Any, path: str, env: Mapping[str, str]) -> Any:
             return default
         raise ConfigError(path, f"environment variable {name} is not set")
 
-    expanded = _VAR.sub(sub, value)
-    if _VAR.fullmatch(value):  # `port: ${PORT}` keeps YAML's typing of the value
-        try:
-            parsed = yaml.safe_load(expanded)
-        except yaml.YAMLError:
-            return expanded
-        return parsed if isinstance(parsed, (int, float, bool)) else expanded
-    return expanded
+    # values stay strings (a key "1234" or "no" must not turn into a number or a bool);
+    # `port: ${PORT}` becomes an int when converted, with strict=False
+    return _VAR.sub(sub, value)
 
 
 def _unset(value: Any, path: str, env: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -73,7 +68,7 @@ def _join(path: str, key: str) -> str:
 
 def _convert(data: Any, typ: Any, path: str) -> Any:
     try:
-        return msgspec.convert(data, typ)
+        return msgspec.convert(data, typ, strict=False)
     except msgspec.ValidationError as exc:
         text = str(exc)
         m = _AT.search(text)
@@ -105,6 +100,10 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
             raise ConfigError(section, "expected a mapping of names")
         typed[section] = {str(k): _convert(v, typ, f"{section}.{k}") for k, v in entries.items()}
     config = _convert(data, Config, "")
+    typed["models"] = {
+        name: msgspec.structs.replace(m, defaults=_typed_defaults(name, m.defaults))
+        for name, m in typed["models"].items()
+    }
     config = msgspec.structs.replace(config, **typed)
     _cross_check(config)
     return _resolve_allowlists(config)
@@ -119,19 +118,20 @@ def _resolve_allowlists(config: Config) -> Config:
     return msgspec.structs.replace(config, auth=msgspec.structs.replace(config.auth, keys=keys))
 
 
-def _check_defaults(name: str, defaults: Mapping[str, Any]) -> None:
+def _typed_defaults(name: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """A model's `defaults:` checked and typed as the request fields they fill in."""
     where = f"models.{name}.defaults"
     for field in defaults:
         if field not in DEFAULTABLE:
             raise ConfigError(where, f"{field!r} cannot have a default (one of: "
                               f"{', '.join(sorted(DEFAULTABLE))})")
-    _convert({"prompt": "-", **defaults}, ImageGenerateRequest, where)
+    typed = _convert({"prompt": "-", **defaults}, ImageGenerateRequest, where)
+    return {field: getattr(typed, field) for field in defaults}
 
 
 def _cross_check(config: Config) -> None:
     seen_names: dict[str, str] = {}
     for name, model in config.models.items():
-        _check_defaults(name, model.defaults)
         for i, route in enumerate(model.routes):
             if route.provider not in config.providers:
                 raise ConfigError(

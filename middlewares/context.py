@@ -36,7 +36,7 @@ def context_middleware() -> Callable[..., Awaitable[web.StreamResponse]]:
             response = await handler(request)
             status = response.status
             return response
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionResetError):
             status = 499  # the client hung up; the upstream call is cancelled with us
             raise
         finally:

@@ -81,6 +81,8 @@ def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRe
             response = await handler(request)
             status = response.status
             return response
+        except ConnectionResetError:
+            raise  # the client hung up: 499
         except Exception:
             status = 500
             raise

@@ -246,7 +246,10 @@ async def host_images(request: web.Request, raw: bytes) -> web.Response:
     base = gw.public_base_url or f"{request.scheme}://{request.host}"
     for item in answer.data:
         if isinstance(item.b64_json, str):
-            data = base64.b64decode(item.b64_json)
+            try:
+                data = base64.b64decode(item.b64_json, validate=True)
+            except ValueError:  # binascii.Error is a ValueError
+                raise images.bad_image() from None
             mime = sniff_mime(data[:16])
             if mime is None:
                 raise images.bad_image()

@@ -54,7 +54,7 @@ class SafeResolver(AbstractResolver):
         results = await self.inner.resolve(host, port, family)
         allowed = [r for r in results if self.policy.allows(host, r["host"])]
         if not allowed:
-            raise aiohttp.ClientConnectorError  # type: ignore[call-arg]
+            raise OSError(f"{host} resolves only to non-public addresses")  # aiohttp wraps it
         return allowed
 
     async def close(self) -> None:

@@ -210,19 +210,23 @@ def extra_part(boundary: bytes, name: str, value: str) -> bytes:
 async def forward_body(form: Form, check: FileCheck, model: str, extra: Mapping[str, str],
                        drop: frozenset[str] = frozenset()) -> AsyncIterator[bytes]:
     """The body to send upstream: every byte as sent but the model value, added fields, and
-    dropped text fields (their delimiter and headers are held back until the part is named)."""
-    new_model = model.encode()
-    in_model = skipping = False
-    pending: list[bytes] = []
+    dropped text fields. A bad part or a malformed body is the client's fault, not the route's:
+    it is kept in `check.error` because aiohttp's body writer would bury it."""
     form.consumed = True
+    try:
+        async for chunk in _rewritten(form, check, model.encode(), extra, drop):
+            yield chunk
+    except GatewayError as error:
+        check.error = error
+        raise
+
+
+async def _rewritten(form: Form, check: FileCheck, new_model: bytes, extra: Mapping[str, str],
+                     drop: frozenset[str]) -> AsyncIterator[bytes]:
+    in_model = skipping = False
+    pending: list[bytes] = []  # a part's delimiter and headers, held until the part is named
     async for ev in form.events:
-        try:
-            check.feed(ev)
-            if ev.kind == "close":
-                check.finish()
-        except GatewayError as error:
-            check.error = error  # aiohttp's body writer would bury it: the handler re-raises it
-            raise
+        check.feed(ev)
         kind = ev.kind
         if kind == "raw":
             pending.append(ev.data)
@@ -241,6 +245,7 @@ async def forward_body(form: Form, check: FileCheck, model: str, extra: Mapping[
                 yield new_model
             in_model = skipping = False
         else:  # close
+            check.finish()
             yield b"".join(pending)
             for name, value in extra.items():
                 yield extra_part(form.boundary, name, value)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 
 import msgspec
+import structlog
 from aiohttp import web
 from PIL import Image as PILImage
 
@@ -26,7 +27,9 @@ from proxy.fetch import Fetcher
 from proxy.storage import ImageStore
 from proxy.upstream import ProviderState, Upstream
 
+log = structlog.get_logger("imagegate.images")
 MIMES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+LOSSY = ("image/jpeg", "image/webp")  # where output_compression means something
 PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 MAX_ERROR_BODY = 64 * 1024
 _encode = msgspec.json.Encoder().encode
@@ -88,6 +91,8 @@ async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequ
     for error in errors:
         if not isinstance(error, Exception):
             raise error
+        if not isinstance(error, GatewayError):  # a bug, not a provider answer: keep the trace
+            log.error("provider_call_failed", exc_info=error)
     if not results:
         raise errors[0]
     lost = sum(split_n(req.n, adapter.capabilities.images_per_call)[i]
@@ -110,7 +115,9 @@ def transcode(data: bytes, mime: str, fmt: str | None,
             im = PILImage.new("RGB", rgba.size, (255, 255, 255))
             im.paste(rgba, mask=rgba.getchannel("A"))
         out = io.BytesIO()
-        options = {} if target == "image/png" else {"quality": min(compression or 95, 95)}
+        # unset: 95, Pillow's advised maximum (100 turns JPEG quantisation off and balloons)
+        options = {} if target == "image/png" else {
+            "quality": 95 if compression is None else compression}
         im.save(out, PIL_FORMATS[target], **options)
     return out.getvalue(), target
 
@@ -146,7 +153,7 @@ class Finisher:
         if mime is None:
             raise bad_image()  # a 200 carries real images only
         wanted = MIMES.get(req.output_format or "", mime)
-        recompress = req.output_compression is not None and wanted != "image/png"
+        recompress = req.output_compression is not None and wanted in LOSSY
         if not formats_done and (wanted != mime or recompress):
             try:
                 data, mime = await asyncio.to_thread(transcode, data, mime, req.output_format,

@@ -6,6 +6,7 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import structlog
 from aiohttp import web
 
 from adapters.base import safe_message, status_error
@@ -13,10 +14,13 @@ from config.api import ErrorEnvelope, Usage
 from config.errors import GatewayError
 
 RELAY_WHOLE_BYTES = 4 * 1024 * 1024  # answers up to this are read whole; larger ones stream
-RELAYED_HEADERS = ("content-type", "openai-processing-ms", "retry-after",
-                   "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
-                   "x-ratelimit-reset-requests")
+# not OpenAI's x-ratelimit-*: they describe the gateway's account, not the caller's key
+RELAYED_HEADERS = ("content-type", "content-encoding", "openai-processing-ms", "retry-after")
+MID_STREAM_ERROR = (b'event: error\ndata: {"type":"error","error":{"message":"The provider '
+                    b'stopped mid-stream.","type":"upstream_error","param":null,'
+                    b'"code":"upstream_unavailable"}}\n\n')
 COMPLETED = (b"event: image_generation.completed", b"event: image_edit.completed")
+log = structlog.get_logger("imagegate.relay")
 _raw_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _encode = msgspec.json.Encoder().encode
 _error_view = msgspec.json.Decoder(ErrorEnvelope)
@@ -95,10 +99,20 @@ async def relay(request: web.Request, resp: aiohttp.ClientResponse, provider: st
     if length is not None and not ctype.startswith("text/event-stream"):
         out.content_length = length
     await out.prepare(request)
-    async for chunk in resp.content.iter_any():  # events go out as they arrive
-        if completed is not None:  # an event split across two chunks goes uncounted
-            completed[0] += chunk.count(COMPLETED[0]) + chunk.count(COMPLETED[1])
-        await out.write(chunk)
+    try:
+        async for chunk in resp.content.iter_any():  # events go out as they arrive
+            if completed is not None:  # an event split across two chunks goes uncounted
+                completed[0] += chunk.count(COMPLETED[0]) + chunk.count(COMPLETED[1])
+            await out.write(chunk)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        # the answer has begun: it cannot be retried or turned into an error status
+        log.warning("upstream_broke_mid_answer", provider=provider, error=type(exc).__name__)
+        if ctype.startswith("text/event-stream"):
+            await out.write(MID_STREAM_ERROR)
+        else:
+            if request.transport is not None:  # a truncated body must not look whole
+                request.transport.close()
+            return out
     await out.write_eof()
     return out
 

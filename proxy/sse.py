@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
 import msgspec
+import structlog
 from aiohttp import web
 
 from adapters.base import ImageRequest, sniff_mime
@@ -14,6 +16,7 @@ from config.api import ErrorBody, Image, ImagesResponse, ImageStreamEvent, Usage
 from config.errors import GatewayError
 
 KEEPALIVE = b": keep-alive\n\n"
+log = structlog.get_logger("imagegate.sse")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -70,7 +73,11 @@ async def stream_images(request: web.Request,
             await asyncio.wait({task}, timeout=keepalive_s)
         try:
             body, _ = task.result()
-        except GatewayError as error:
+        except Exception as exc:  # the stream has begun: every failure becomes an error event
+            error = exc if isinstance(exc, GatewayError) else GatewayError(
+                "server_error", "The gateway failed unexpectedly.")
+            if not isinstance(exc, GatewayError):
+                log.exception("unhandled_error_in_stream")
             envelope = _ErrorEvent(ErrorBody(error.message, error.type, error.param, error.code))
             await out.write(frame("error", _encode(envelope)))
         else:
@@ -81,3 +88,5 @@ async def stream_images(request: web.Request,
     finally:
         if not task.done():
             task.cancel()  # the client hung up: stop the provider calls too
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -68,8 +68,10 @@ class Upstream:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        # answers are relayed or decoded as they come: ask for them uncompressed
         self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
+            headers={"Accept-Encoding": "identity"},
         )
 
     async def close(self) -> None:

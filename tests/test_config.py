@@ -111,3 +111,14 @@ def test_keys_must_be_distinct_and_aliases_resolve() -> None:
     assert parse_config(data, env={}).auth.keys[0].models == ["pics"]
     data["auth"]["keys"].append({"id": "b", "key_sha256": hashlib.sha256(b"k1").hexdigest()})
     assert error_of(data) == "auth.keys[1]: the same secret as auth.keys[0]"
+
+
+def test_env_values_stay_strings_unless_a_number_is_wanted() -> None:
+    data = {"server": {"port": "${PORT}"},
+            "providers": {"o": {"type": "openai", "api_key": "${KEY}"}, "l": {"type": "local"}},
+            "models": {"m": {"routes": [{"provider": "l"}], "defaults": {"n": "${N}"}}}}
+    config = parse_config(data, env={"PORT": "9002", "KEY": "1234", "N": "3"})
+    assert config.server.port == 9002 and config.providers["o"].api_key == "1234"
+    assert config.models["m"].defaults == {"n": 3}
+    config = parse_config(data, env={"PORT": "9002", "KEY": "no", "N": "3"})
+    assert config.providers["o"].api_key == "no"
