@@ -39,9 +39,11 @@ class GatewayError(Exception):
         headers: Mapping[str, str] | None = None,
         status: int | None = None,
         wire_code: str | None = None,
+        wire_type: str | None = None,
     ) -> None:
         super().__init__(message)
         default_status, self.type = ERROR_CODES[code]
+        self.type = wire_type or self.type  # a provider's own OpenAI-shaped error keeps its type
         self.status = status or default_status
         self.code = wire_code or code
         self.message, self.param = message, param

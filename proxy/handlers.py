@@ -1,6 +1,7 @@
 """The endpoints: parse and check each request, then hand it to proxy/dispatch.py."""
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -86,12 +87,13 @@ async def json_edit(request: web.Request) -> web.StreamResponse:
 
     async def load() -> tuple[list[InputImage], InputImage | None]:
         nonlocal loaded
-        if loaded is None:  # checked before the first call, native or not
-            found = [await gw.fetcher.load_image(_url(ref, f"images[{i}]"), f"images[{i}]")
-                     for i, ref in enumerate(body.images)]
-            mask = None
+        if loaded is None:  # data URLs decoded, http(s) URLs fetched safely, all at once
+            refs = [(_url(ref, f"images[{i}]"), f"images[{i}]")
+                    for i, ref in enumerate(body.images)]
             if body.mask is not None:
-                mask = await gw.fetcher.load_image(_url(body.mask, "mask"), "mask")
+                refs.append((_url(body.mask, "mask"), "mask"))
+            found = list(await asyncio.gather(*(gw.fetcher.load_image(u, p) for u, p in refs)))
+            mask = found.pop() if body.mask is not None else None
             loaded = found, mask
         return loaded
 
@@ -99,7 +101,7 @@ async def json_edit(request: web.Request) -> web.StreamResponse:
         return image_request("edit", body, route, *await load())
 
     async def native(route: RouteState) -> web.StreamResponse:
-        await load()
+        # forwarded as sent: OpenAI reads the URLs (and file_ids) itself
         return await forward_json(request, route, "/images/edits")
 
     return await serve(request, routed.public_model, body, "image_edit", make, native)

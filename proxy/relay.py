@@ -88,7 +88,7 @@ async def relay(request: web.Request, resp: aiohttp.ClientResponse, provider: st
     await raise_for_upstream(resp, provider)
     headers = _headers(resp)
     if resp.status >= 400:
-        return await _relay_error(resp, headers)
+        await _raise_relayed_error(resp, headers)
     ctype = resp.headers.get("content-type", "")
     length = resp.content_length
     if not stream and not ctype.startswith("text/event-stream") and (
@@ -117,10 +117,12 @@ async def relay(request: web.Request, resp: aiohttp.ClientResponse, provider: st
     return out
 
 
-async def _relay_error(resp: aiohttp.ClientResponse, headers: dict[str, str]) -> web.Response:
-    body = await resp.read()
+async def _raise_relayed_error(resp: aiohttp.ClientResponse, headers: dict[str, str]) -> None:
+    """OpenAI's own error (status, type, code, param) with its message made safe to show."""
     try:
-        _error_view.decode(body)  # OpenAI-shaped: relay as it is
+        error = _error_view.decode(await resp.read()).error
     except (msgspec.DecodeError, msgspec.ValidationError):
         raise status_error(resp.status, "The provider rejected the request.") from None
-    return web.Response(status=resp.status, body=body, headers=headers)
+    raise GatewayError("invalid_value", safe_message(error.message), param=error.param,
+                       status=resp.status, wire_code=error.code, wire_type=error.type,
+                       headers={k: v for k, v in headers.items() if k == "retry-after"})

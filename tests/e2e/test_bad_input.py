@@ -174,7 +174,7 @@ async def test_more_malformed_requests(client: Any) -> None:
     assert resp.status == 400 and envelope_ok(await resp.json())["code"] == "invalid_value"
     for url, param in (("http://[zz/", "images[0]"), ("http://example.com:99999/", "images[0]")):
         resp = await client.post("/v1/images/edits", headers=auth(), json={
-            "model": "gpt-image-1", "prompt": "p", "images": [{"image_url": url}]})
+            "model": "local", "prompt": "p", "images": [{"image_url": url}]})
         assert resp.status == 400 and envelope_ok(await resp.json())["param"] == param
     many = [{"image_url": "data:image/png;base64,AAAA"}] * 5
     resp = await client.post("/v1/images/edits", headers=auth(), json={

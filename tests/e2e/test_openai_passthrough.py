@@ -109,6 +109,9 @@ async def test_json_edit_with_data_urls_is_forwarded(setup: Any) -> None:
         "model": "gpt-image-1", "prompt": "p", "images": [{"image_url": url}],
         "mask": {"image_url": url}})
     assert recorder.last.json["images"][0]["image_url"] == url
+    await sdk.post("/images/edits", cast_to=object, body={  # OpenAI resolves its own file ids
+        "model": "gpt-image-1", "prompt": "p", "images": [{"file_id": "file-abc"}]})
+    assert recorder.last.json["images"] == [{"file_id": "file-abc"}]
 
 
 async def test_stream_is_relayed_event_by_event(setup: Any) -> None:
@@ -134,6 +137,8 @@ async def test_upstream_errors(setup: Any, mode: str, exc: type, status: int, co
         await sdk.images.generate(model="gpt-image-1", prompt="p")
     assert info.value.status_code == status
     assert info.value.body["code"] == code
+    if mode == "policy":  # OpenAI's own error keeps its type
+        assert info.value.body["type"] == "image_generation_user_error"
     assert "sk-ups" not in json.dumps(info.value.body)  # the upstream key never comes back
 
 
