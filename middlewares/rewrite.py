@@ -96,9 +96,15 @@ def apply_defaults(body: Any, defaults: Mapping[str, Any]) -> tuple[Any, dict[st
     return (msgspec.structs.replace(body, **filled) if filled else body), filled
 
 
+_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
 def decode_body(raw: bytes, typ: type[Any]) -> Any:
+    decoder = _DECODERS.get(typ)
+    if decoder is None:
+        decoder = _DECODERS[typ] = msgspec.json.Decoder(typ)
     try:
-        body = msgspec.json.decode(raw, type=typ)
+        body = decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from None
     except (msgspec.DecodeError, UnicodeDecodeError):

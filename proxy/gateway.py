@@ -29,8 +29,7 @@ class Gateway:
         self.store = store or ImageStore(config.storage, redis_url=config.state.redis_url)
         self.fetcher = Fetcher(config.fetch)
         self.finisher = Finisher(self.store, self.fetcher)
-        base = config.server.public_base_url
-        self.public_base_url = base.rstrip("/") if base else None
+        self.public_base_url = public_base_url(config)
         self._redis = None
 
     def count_images(self, model: str, provider: str, count: int, usage: Usage | None) -> None:
@@ -42,7 +41,7 @@ class Gateway:
                     m.child(m.tokens, model, provider, kind).inc(value)
 
     async def check_ready(self) -> str | None:
-        if self.config.state.backend != "redis":
+        if "redis" not in (self.config.state.backend, self.config.storage.backend):
             return None
         try:
             import redis.asyncio as redis
@@ -72,3 +71,16 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
+WILDCARDS = ("", "0.0.0.0", "::")
+
+
+def public_base_url(config: Config) -> str | None:
+    """server.public_base_url, else http://<host>:<port> as served; None when that is no
+    address a client can use (a wildcard host or port 0): links then follow the request's Host."""
+    server = config.server
+    if server.public_base_url:
+        return server.public_base_url.rstrip("/")
+    if server.host in WILDCARDS or not server.port:
+        return None
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    return f"http://{host}:{server.port}"

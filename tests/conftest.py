@@ -40,7 +40,10 @@ def make_config(overrides: dict[str, Any] | None = None, *, tmp_path: Any = None
     }
     if tmp_path is not None:
         data["storage"] = {"path": str(tmp_path / "images"), "signing_secret": "s3cret"}
-    data.update(overrides or {})
+    overrides = dict(overrides or {})
+    # port 0: hosted links follow the test server's own address
+    data["server"] = {"port": 0, **overrides.pop("server", {})}
+    data.update(overrides)
     return parse_config(data, env={})
 
 

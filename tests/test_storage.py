@@ -64,3 +64,16 @@ async def test_sweep_removes_expired_files(tmp_path: Path) -> None:
     os.utime(tmp_path / fresh, (clock.now, clock.now))
     assert s.files is not None and s.files.sweep() == 1
     assert not (tmp_path / old).exists() and (tmp_path / fresh).exists()
+
+
+def test_link_base_follows_the_served_address() -> None:
+    from config.loader import parse_config
+    from proxy.gateway import public_base_url
+
+    def base(server: dict) -> str | None:
+        return public_base_url(parse_config({"server": server}, env={}))
+
+    assert base({"host": "10.0.0.5", "port": 8080}) == "http://10.0.0.5:8080"
+    assert base({"host": "::1", "port": 9000}) == "http://[::1]:9000"
+    assert base({"host": "0.0.0.0", "port": 8080}) is None  # the request's Host decides
+    assert base({"public_base_url": "https://img.example.com/"}) == "https://img.example.com"
