@@ -50,6 +50,7 @@ class ImageRequest(msgspec.Struct, kw_only=True):
     mask: InputImage | None = None
     watermark: bool = False  # from the route's config
     image_only: bool = False  # from the route's config
+    unknown: tuple[str, ...] = ()  # fields the client sent that no adapter reads: named dropped
 
 
 class UpstreamRequest(msgspec.Struct, kw_only=True):

@@ -88,7 +88,7 @@ def prepare(state: ProviderState, req: ImageRequest) -> tuple[list[Any], tuple[s
         raise Unsuitable(error) from None
     if req.stream and req.partial_images:
         dropped = (*dropped, "partial_images")  # one completed event per image, no partials
-    return encoded, dropped
+    return encoded, (*dropped, *req.unknown)
 
 
 Make = Callable[[RouteState], Awaitable[ImageRequest]]
@@ -136,8 +136,21 @@ async def stream_adapted(request: web.Request, plan: list[RouteState], make: Mak
                                    template, gw.config.server.stream_keepalive_s)
 
 
+_raw_fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def unknown_fields(names: Any, known: Any) -> tuple[str, ...]:
+    """Request fields outside the OpenAI schema: forwarded as sent to OpenAI, named as dropped
+    elsewhere (never silently lost)."""
+    return tuple(sorted(set(names) - set(known)))
+
+
+def unknown_json_fields(raw: bytes, typ: type[Any]) -> tuple[str, ...]:
+    return unknown_fields(_raw_fields.decode(raw), typ.__struct_fields__)
+
+
 def image_request(op: Operation, body: Any, route: RouteState, images_: list[InputImage],
-                  mask: InputImage | None) -> ImageRequest:
+                  mask: InputImage | None, unknown: tuple[str, ...] = ()) -> ImageRequest:
     r = route.route
     return ImageRequest(
         operation=op, model=route.model, prompt=body.prompt, n=body.n or 1, size=body.size,
@@ -147,7 +160,7 @@ def image_request(op: Operation, body: Any, route: RouteState, images_: list[Inp
         moderation=body.moderation, input_fidelity=getattr(body, "input_fidelity", None),
         user=body.user, seed=body.seed, stream=bool(body.stream),
         partial_images=body.partial_images, images=images_, mask=mask,
-        watermark=r.watermark, image_only=r.image_only,
+        watermark=r.watermark, image_only=r.image_only, unknown=unknown,
     )
 
 

@@ -21,7 +21,15 @@ from middlewares.rewrite import (
     validation_error,
 )
 from proxy import forms
-from proxy.dispatch import Unsuitable, forward_json, forward_multipart, image_request, serve
+from proxy.dispatch import (
+    Unsuitable,
+    forward_json,
+    forward_multipart,
+    image_request,
+    serve,
+    unknown_fields,
+    unknown_json_fields,
+)
 from proxy.gateway import GATEWAY, Gateway
 from proxy.routing import RouteState
 
@@ -53,7 +61,8 @@ async def generations(request: web.Request) -> web.StreamResponse:
     body = routed.body
 
     async def make(route: RouteState) -> ImageRequest:
-        return image_request("generate", body, route, [], None)
+        unknown = unknown_json_fields(routed.raw, type(body))
+        return image_request("generate", body, route, [], None, unknown)
 
     async def native(route: RouteState) -> web.StreamResponse:
         return await forward_json(request, route, "/images/generations")
@@ -98,7 +107,8 @@ async def json_edit(request: web.Request) -> web.StreamResponse:
         return loaded
 
     async def make(route: RouteState) -> ImageRequest:
-        return image_request("edit", body, route, *await load())
+        unknown = unknown_json_fields(routed.raw, type(body))
+        return image_request("edit", body, route, *await load(), unknown)
 
     async def native(route: RouteState) -> web.StreamResponse:
         # forwarded as sent: OpenAI reads the URLs (and file_ids) itself
@@ -173,6 +183,7 @@ async def _multipart_edit(request: web.Request, gw: Gateway, form: forms.Form, p
     fields, filled = apply_defaults(fields, model_config.defaults)
     check = forms.FileCheck(gw.config.server.max_images_per_request)
     collected: tuple[list[InputImage], InputImage | None] | None = None
+    all_fields = dict(form.fields)
 
     async def make(route: RouteState) -> ImageRequest:
         nonlocal collected, fields
@@ -182,10 +193,11 @@ async def _multipart_edit(request: web.Request, gw: Gateway, form: forms.Form, p
         if collected is None:  # read into memory once: adapted routes can then be retried
             images_, mask, late = await forms.collect_files(form, check)
             collected = images_, mask
+            all_fields.update(late)
             if late:  # fields sent after the files count too
-                fields, _ = apply_defaults(parse_form_fields({**form.fields, **late}),
-                                           model_config.defaults)
-        return image_request(op, fields, route, *collected)
+                fields, _ = apply_defaults(parse_form_fields(all_fields), model_config.defaults)
+        unknown = unknown_fields(all_fields, EditForm.__struct_fields__)
+        return image_request(op, fields, route, *collected, unknown)
 
     async def native(route: RouteState) -> web.StreamResponse | None:
         if form.consumed:

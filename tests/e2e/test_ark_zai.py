@@ -98,8 +98,9 @@ async def test_safety_partial_failures_and_dropped_params(env: Any) -> None:
     assert info.value.code == "content_policy_violation"
     ark.mode = "partial"  # one image and one failed item per call: the client still gets n
     raw = await sdk.images.with_raw_response.generate(model="seedream", prompt="p", n=2,
-                                                      quality="high", style="vivid")
-    assert raw.headers["x-imagegate-dropped-params"] == "quality,style"
+                                                      quality="high", style="vivid",
+                                                      extra_body={"flavour": "x"})
+    assert raw.headers["x-imagegate-dropped-params"] == "quality,style,flavour"
     assert "x-imagegate-failed-images" not in raw.headers
     assert len(raw.parse().data) == 2
 
