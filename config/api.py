@@ -36,6 +36,12 @@ class ImageGenerateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     seed: int | None = None
 
 
+class ImageEditForm(ImageGenerateRequest, kw_only=True, omit_defaults=True):
+    """The text fields of a multipart edit (converted from strings with `strict=False`)."""
+
+    input_fidelity: Literal["high", "low"] | None = None
+
+
 class ImageURL(msgspec.Struct, omit_defaults=True):
     image_url: str | None = None
     file_id: str | None = None

@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 
 from adapters.base import ImageRequest, InputImage, Operation
-from config.api import MAX_PROMPT_CHARS, ImageEditJSONRequest, Model, ModelList
+from config.api import ImageEditForm, ImageEditJSONRequest, Model, ModelList
 from config.errors import GatewayError
 from middlewares.auth import allowed_models, check_model_allowed
 from middlewares.keys import MODEL, PROMPT, ROUTED
@@ -34,26 +34,6 @@ from proxy.gateway import GATEWAY, Gateway
 from proxy.routing import RouteState
 
 _models_cache: dict[tuple[str, ...], bytes] = {}  # key: the names a caller may use
-
-
-class EditForm(msgspec.Struct, kw_only=True):
-    """Text fields of a multipart edit, converted from strings (`strict=False`)."""
-
-    prompt: str
-    model: str | None = None
-    n: int | None = None
-    size: str | None = None
-    quality: str | None = None
-    response_format: str | None = None
-    output_format: str | None = None
-    output_compression: int | None = None
-    background: str | None = None
-    input_fidelity: str | None = None
-    moderation: str | None = None
-    partial_images: int | None = None
-    stream: bool | None = None
-    user: str | None = None
-    seed: int | None = None
 
 
 async def generations(request: web.Request) -> web.StreamResponse:
@@ -124,39 +104,13 @@ def _url(ref: Any, param: str) -> str:
     return ref.image_url
 
 
-def parse_form_fields(fields: dict[str, str]) -> EditForm:
+def parse_form_fields(fields: dict[str, str]) -> ImageEditForm:
     try:
-        form = msgspec.convert(fields, EditForm, strict=False)
+        form = msgspec.convert(fields, ImageEditForm, strict=False)
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from None
-    if not form.prompt:
-        raise GatewayError("invalid_value", "Missing required parameter: 'prompt'.",
-                           param="prompt")
-    if len(form.prompt) > MAX_PROMPT_CHARS:
-        raise GatewayError("invalid_value", f"The prompt is longer than {MAX_PROMPT_CHARS} "
-                           "characters.", param="prompt")
-    if form.n is not None and not 1 <= form.n <= 10:
-        raise GatewayError("invalid_value", "Invalid value for 'n': it must be between 1 and "
-                           "10.", param="n")
-    _check_choices(form)
     check_fields(form)
     return form
-
-
-_CHOICES = {"response_format": ("url", "b64_json"), "output_format": ("png", "jpeg", "webp"),
-            "background": ("transparent", "opaque", "auto"),
-            "quality": ("auto", "low", "medium", "high", "standard", "hd")}
-
-
-def _check_choices(form: EditForm) -> None:
-    for name, choices in _CHOICES.items():
-        value = getattr(form, name)
-        if value is not None and value not in choices:
-            raise GatewayError("invalid_value", f"Invalid value for '{name}': {value!r}.",
-                               param=name)
-    if form.output_compression is not None and not 0 <= form.output_compression <= 100:
-        raise GatewayError("invalid_value", "Invalid value for 'output_compression'.",
-                           param="output_compression")
 
 
 async def multipart_edit(request: web.Request, path: str, op: Operation | None
@@ -196,7 +150,7 @@ async def _multipart_edit(request: web.Request, gw: Gateway, form: forms.Form, p
             all_fields.update(late)
             if late:  # fields sent after the files count too
                 fields, _ = apply_defaults(parse_form_fields(all_fields), model_config.defaults)
-        unknown = unknown_fields(all_fields, EditForm.__struct_fields__)
+        unknown = unknown_fields(all_fields, ImageEditForm.__struct_fields__)
         return image_request(op, fields, route, *collected, unknown)
 
     async def native(route: RouteState) -> web.StreamResponse | None:
