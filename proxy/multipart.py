@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -67,72 +67,85 @@ def parse_part_headers(block: bytes) -> PartInfo:
 
 async def scan(boundary: bytes, source: AsyncIterator[bytes]) -> AsyncIterator[Event]:
     """Yields events whose raw + data bytes, concatenated, are exactly the input."""
-    delim = b"--" + boundary
-    sep = b"\r\n" + delim
-    buf = b""
-    state = "preamble"
+    scanner = _Scanner(boundary, source)
+    step: Step | None = scanner.preamble
+    while step is not None:
+        events, step = await step()
+        for event in events:
+            yield event
 
-    async def more() -> bool:
-        nonlocal buf
-        async for chunk in source:
+
+class _Scanner:
+    """One method per state; each returns the events it found and the next state."""
+
+    def __init__(self, boundary: bytes, source: AsyncIterator[bytes]) -> None:
+        self.delim = b"--" + boundary
+        self.sep = b"\r\n" + self.delim
+        self.source = source
+        self.buf = b""
+
+    async def more(self, why: str) -> None:
+        async for chunk in self.source:
             if chunk:
-                buf += chunk
-                return True
-        return False
-
-    while True:
-        if state == "preamble":
-            i = 0 if buf.startswith(delim) else buf.find(sep)
-            if i < 0 or len(buf) < len(delim):
-                if not await more():
-                    raise malformed("no opening boundary")
-                continue
-            end = i + (len(delim) if i == 0 and buf.startswith(delim) else len(sep))
-            yield Event("raw", buf[:end])
-            buf, state = buf[end:], "after_delim"
-        elif state == "after_delim":
-            if len(buf) < 2 and not await more():
-                raise malformed("the body ends after a boundary")
-            if len(buf) < 2:
-                continue
-            if buf.startswith(b"--"):
-                rest = [buf]
-                async for chunk in source:
-                    rest.append(chunk)
-                yield Event("close", b"".join(rest))
+                self.buf += chunk
                 return
-            eol = buf.find(b"\r\n")
-            if eol < 0:
-                if len(buf) > 1024 or not await more():
-                    raise malformed("a boundary line is not terminated")
-                continue
-            yield Event("raw", buf[: eol + 2])
-            buf, state = buf[eol + 2 :], "headers"
-        elif state == "headers":
-            i = 0 if buf.startswith(b"\r\n") else buf.find(b"\r\n\r\n")
-            if i < 0 or (i == 0 and len(buf) < 2):
-                if len(buf) > MAX_HEADER_BYTES:
-                    raise malformed("part headers are too large")
-                if not await more():
-                    raise malformed("the body ends inside part headers")
-                continue
-            end = 2 if i == 0 else i + 4
-            info = parse_part_headers(buf[:i])
-            yield Event("raw", buf[:end])
-            yield Event("part", part=info)
-            buf, state = buf[end:], "body"
-        else:  # body
-            i = buf.find(sep)
-            if i >= 0:
-                if i:
-                    yield Event("data", buf[:i])
-                yield Event("end")
-                yield Event("raw", sep)
-                buf, state = buf[i + len(sep) :], "after_delim"
-                continue
-            keep = len(sep) - 1  # a delimiter may straddle two chunks
-            if len(buf) > keep:
-                yield Event("data", buf[:-keep])
-                buf = buf[-keep:]
-            if not await more():
-                raise malformed("the body ends inside a part")
+        raise malformed(why)
+
+    async def preamble(self) -> StepResult:
+        buf, delim = self.buf, self.delim
+        first = len(buf) >= len(delim) and buf.startswith(delim)
+        i = 0 if first else buf.find(self.sep)
+        if i < 0 or len(buf) < len(delim):
+            await self.more("no opening boundary")
+            return [], self.preamble
+        end = len(delim) if first else i + len(self.sep)
+        self.buf = buf[end:]
+        return [Event("raw", buf[:end])], self.after_delim
+
+    async def after_delim(self) -> StepResult:
+        if len(self.buf) < 2:
+            await self.more("the body ends after a boundary")
+            return [], self.after_delim
+        if self.buf.startswith(b"--"):  # the closing delimiter: the rest is epilogue
+            rest = [self.buf]
+            async for chunk in self.source:
+                rest.append(chunk)
+            return [Event("close", b"".join(rest))], None
+        eol = self.buf.find(b"\r\n")
+        if eol < 0:
+            if len(self.buf) > 1024:
+                raise malformed("a boundary line is not terminated")
+            await self.more("a boundary line is not terminated")
+            return [], self.after_delim
+        line, self.buf = self.buf[: eol + 2], self.buf[eol + 2 :]
+        return [Event("raw", line)], self.headers
+
+    async def headers(self) -> StepResult:
+        buf = self.buf
+        i = 0 if buf.startswith(b"\r\n") else buf.find(b"\r\n\r\n")
+        if i < 0:
+            if len(buf) > MAX_HEADER_BYTES:
+                raise malformed("part headers are too large")
+            await self.more("the body ends inside part headers")
+            return [], self.headers
+        end = 2 if i == 0 else i + 4
+        self.buf = buf[end:]
+        return [Event("raw", buf[:end]), Event("part", part=parse_part_headers(buf[:i]))], self.body
+
+    async def body(self) -> StepResult:
+        buf, sep = self.buf, self.sep
+        i = buf.find(sep)
+        if i >= 0:
+            self.buf = buf[i + len(sep) :]
+            found = [Event("data", buf[:i])] if i else []
+            return [*found, Event("end"), Event("raw", sep)], self.after_delim
+        keep = len(sep) - 1  # a delimiter may straddle two chunks
+        events = []
+        if len(buf) > keep:
+            events, self.buf = [Event("data", buf[:-keep])], buf[-keep:]
+        await self.more("the body ends inside a part")
+        return events, self.body
+
+
+StepResult = tuple[list[Event], "Step | None"]
+Step = Callable[[], Awaitable[StepResult]]
