@@ -6,7 +6,7 @@ import base64
 import binascii
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 import structlog
@@ -68,11 +68,24 @@ def encode_calls(state: ProviderState, req: ImageRequest
     return encoded, encoded[0].dropped
 
 
+async def render(upstream: Upstream, state: ProviderState, req: ImageRequest,
+                 make: Callable[[ImageRequest], ProviderResult]) -> ProviderResult:
+    """An offline provider's attempt, logged and counted like an HTTP one."""
+    started, outcome = time.perf_counter(), "error"
+    try:
+        result = await asyncio.to_thread(make, req)
+        outcome = "ok"
+        return result
+    finally:
+        upstream.record(state.name, req.model, "render", 200 if outcome == "ok" else 0, outcome,
+                        time.perf_counter() - started)
+
+
 async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequest,
                         encoded: list[UpstreamRequest]) -> list[ProviderResult]:
     adapter = state.adapter
     if adapter.render is not None:
-        return [await asyncio.to_thread(adapter.render, req)]
+        return [await render(upstream, state, req, adapter.render)]
     assert adapter.decode_response is not None
 
     async def one(up) -> ProviderResult:  # type: ignore[no-untyped-def]

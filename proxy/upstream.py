@@ -112,9 +112,13 @@ class Upstream:
             raise
         finally:
             state.in_flight -= 1
-            seconds = time.perf_counter() - started
-            m = self.metrics
-            m.child(m.upstream, provider, model, outcome).inc()
-            m.child(m.upstream_duration, provider, model).observe(seconds)
-            log.info("upstream", provider=provider, model=model, path=path, status=status,
-                     outcome=outcome, duration_ms=round(seconds * 1000, 2))
+            self.record(provider, model, path, status, outcome, time.perf_counter() - started)
+
+    def record(self, provider: str, model: str, path: str, status: int, outcome: str,
+               seconds: float) -> None:
+        """The metrics and the log line of one attempt (an HTTP call or an offline render)."""
+        m = self.metrics
+        m.child(m.upstream, provider, model, outcome).inc()
+        m.child(m.upstream_duration, provider, model).observe(seconds)
+        log.info("upstream", provider=provider, model=model, path=path, status=status,
+                 outcome=outcome, duration_ms=round(seconds * 1000, 2))

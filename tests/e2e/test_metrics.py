@@ -26,6 +26,8 @@ async def test_families_and_bounded_labels(gateway: Any, tmp_path: Any) -> None:
                                 {"model": "local", "provider": "local"}) == 2
     assert reg.get_sample_value("imagegate_requests_total", {
         "endpoint": "/v1/images/generations", "model": "-", "key": "-", "status": "404"}) == 3
+    assert reg.get_sample_value("imagegate_upstream_requests_total", {
+        "provider": "local", "model": "local", "outcome": "ok"}) == 1  # one render, n=2
     assert reg.get_sample_value("imagegate_route_healthy",
                                 {"provider": "local", "model": "local"}) == 1
     assert "imagegate_in_flight_requests 1.0" in text  # the scrape itself was in flight
