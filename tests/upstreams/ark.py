@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +11,7 @@ from aiohttp import web
 from PIL import Image
 
 from tests.upstreams import common
-from tests.upstreams.common import Received, tiny_image
+from tests.upstreams.common import Received, record, tiny_image
 
 API_KEY = "ark-test-key"
 CREATED = 1757321139
@@ -156,13 +155,7 @@ def success(request: web.Request, recorder: Recorder, body: dict[str, Any]) -> w
 
 def make_app(recorder: Recorder) -> web.Application:
     async def generations(request: web.Request) -> web.Response:
-        raw = await request.read()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        recorder.requests.append(Received(request.method, request.path,
-                                          dict(request.headers), body))
+        body = await record(recorder, request)
         authorized = request.headers.get("Authorization") == f"Bearer {recorder.api_key}"
         if not authorized or recorder.mode == "auth":
             return ark_error(401, "AuthenticationError", "the API key or AK/SK in the request "

@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +11,7 @@ from aiohttp import web
 from PIL import Image
 
 from tests.upstreams import common
-from tests.upstreams.common import Received, tiny_image
+from tests.upstreams.common import record, tiny_image
 
 API_KEY = "AIza-test-key"
 PREFIXES = ("/models/", "/v1beta/models/")  # base_url with or without /v1beta
@@ -164,12 +163,7 @@ def success(recorder: Recorder, model: str, body: dict[str, Any]) -> web.Respons
 
 def make_app(recorder: Recorder) -> web.Application:
     async def generate(request: web.Request) -> web.Response:
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            body = None
-        recorder.requests.append(Received(request.method, request.path,
-                                          dict(request.headers), body))
+        body = await record(recorder, request)
         key = request.headers.get("x-goog-api-key")
         if key is None:
             return google_error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered "

@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +11,7 @@ from aiohttp import web
 from PIL import Image
 
 from tests.upstreams import common
-from tests.upstreams.common import Received, tiny_image
+from tests.upstreams.common import Received, record, tiny_image
 
 API_KEY = "sk-or-v1-test-key"
 CREATED = 1764926649
@@ -149,12 +148,7 @@ def success(request: web.Request, recorder: Recorder, body: dict[str, Any]) -> w
 
 def make_app(recorder: Recorder) -> web.Application:
     async def completions(request: web.Request) -> web.Response:
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            body = None
-        recorder.requests.append(Received(request.method, request.path,
-                                          dict(request.headers), body))
+        body = await record(recorder, request)
         auth = request.headers.get("Authorization")
         if auth is None:
             return or_error(401, "No auth credentials found")

@@ -1,14 +1,13 @@
 """A loopback Zhipu / Z.AI: POST /images/generations answering like §5, with fault switches."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from tests.upstreams import common
-from tests.upstreams.common import Received, tiny_image
+from tests.upstreams.common import Received, record, tiny_image
 
 API_KEY = "zai-test-key"
 CREATED = 1760335349
@@ -105,12 +104,7 @@ def success(request: web.Request, recorder: Recorder) -> web.Response:
 
 def make_app(recorder: Recorder) -> web.Application:
     async def generations(request: web.Request) -> web.Response:
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            body = None
-        recorder.requests.append(Received(request.method, request.path,
-                                          dict(request.headers), body))
+        body = await record(recorder, request)
         authorized = request.headers.get("Authorization") == f"Bearer {recorder.api_key}"
         if not authorized or recorder.mode == "auth":
             return zai_error(401, "1002", "Invalid Authentication Token, please confirm the "
