@@ -28,7 +28,6 @@ class Form:
     events: AsyncIterator[Event]
     content_length: int | None  # of the body the events replay, when known
     spool: IO[bytes] | None = None
-    files_seen: bool = False
     consumed: bool = False  # the events were read (streamed upstream or into memory)
 
     def close(self) -> None:
@@ -112,14 +111,14 @@ async def read_form(request: web.Request, max_bytes: int,
             return await _spool(boundary, seen, events, fields)
         if ev.kind == "part" and is_file(ev.part):
             return Form(boundary, fields.text, fields.raw, fields.sizes, _chain(seen, events),
-                        length, files_seen=True)
+                        length)
         fields.feed(ev)
-    return Form(boundary, fields.text, fields.raw, fields.sizes, _chain(seen, _empty()), length)
+    return Form(boundary, fields.text, fields.raw, fields.sizes, _replay(seen), length)
 
 
-async def _empty() -> AsyncIterator[Event]:
-    return
-    yield  # pragma: no cover
+async def _replay(events: list[Event]) -> AsyncIterator[Event]:
+    for ev in events:
+        yield ev
 
 
 async def _spool(boundary: bytes, seen: list[Event], events: AsyncIterator[Event],
@@ -138,7 +137,7 @@ async def _spool(boundary: bytes, seen: list[Event], events: AsyncIterator[Event
         spool.close()
         raise
     return Form(boundary, fields.text, fields.raw, fields.sizes,
-                scan(boundary, _file_chunks(spool)), size, spool=spool, files_seen=True)
+                scan(boundary, _file_chunks(spool)), size, spool=spool)
 
 
 @dataclass

@@ -31,7 +31,6 @@ log = structlog.get_logger("imagegate.images")
 MIMES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 LOSSY = ("image/jpeg", "image/webp")  # where output_compression means something
 PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
-MAX_ERROR_BODY = 64 * 1024
 _encode = msgspec.json.Encoder().encode
 
 
