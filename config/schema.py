@@ -10,10 +10,10 @@ PositiveFloat = Annotated[float, Meta(gt=0)]
 
 
 class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    pass
+    """Config Structs: unknown keys are errors; subclasses repeat frozen=True for type checkers."""
 
 
-class ServerConfig(Strict):
+class ServerConfig(Strict, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
     public_base_url: str | None = None
@@ -25,13 +25,13 @@ class ServerConfig(Strict):
     stream_keepalive_s: PositiveFloat = 10.0  # SSE comment interval while a provider works
 
 
-class Limits(Strict):
+class Limits(Strict, frozen=True):
     requests_per_minute: Annotated[int, Meta(ge=1)] | None = None
     images_per_minute: Annotated[int, Meta(ge=1)] | None = None
     concurrent_requests: Annotated[int, Meta(ge=1)] | None = None
 
 
-class ApiKey(Strict):
+class ApiKey(Strict, frozen=True):
     id: str
     key: str | None = None
     key_sha256: str | None = None
@@ -42,16 +42,16 @@ class ApiKey(Strict):
         return f"ApiKey(id={self.id!r}, key=***)"
 
 
-class AuthConfig(Strict):
+class AuthConfig(Strict, frozen=True):
     keys: list[ApiKey] = []
 
 
-class StateConfig(Strict):
+class StateConfig(Strict, frozen=True):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
 
 
-class StorageConfig(Strict):
+class StorageConfig(Strict, frozen=True):
     backend: Literal["filesystem", "redis"] = "filesystem"
     path: str = "./data/images"
     ttl_s: PositiveFloat = 3600.0
@@ -61,13 +61,13 @@ class StorageConfig(Strict):
         return f"StorageConfig(backend={self.backend!r}, path={self.path!r}, ttl_s={self.ttl_s})"
 
 
-class FetchConfig(Strict):
+class FetchConfig(Strict, frozen=True):
     max_bytes: Annotated[int, Meta(ge=1)] = 50 * 1024 * 1024
     timeout_s: PositiveFloat = 30.0
     allow_private_hosts: list[str] = []
 
 
-class ProviderBase(Strict, tag_field="type", kw_only=True):
+class ProviderBase(Strict, tag_field="type", frozen=True, kw_only=True):
     timeout_s: PositiveFloat = 300.0
     connect_timeout_s: PositiveFloat = 10.0
     max_concurrency: Annotated[int, Meta(ge=1)] = 64
@@ -79,7 +79,7 @@ class ProviderBase(Strict, tag_field="type", kw_only=True):
         return str(self.__struct_config__.tag)
 
 
-class _KeyedProvider(ProviderBase, kw_only=True):
+class _KeyedProvider(ProviderBase, frozen=True, kw_only=True):
     base_url: str
     api_key: str
 
@@ -87,27 +87,27 @@ class _KeyedProvider(ProviderBase, kw_only=True):
         return f"{type(self).__name__}(base_url={self.base_url!r}, api_key=***)"
 
 
-class OpenAIProvider(_KeyedProvider, tag="openai", kw_only=True):
+class OpenAIProvider(_KeyedProvider, tag="openai", frozen=True, kw_only=True):
     base_url: str = "https://api.openai.com/v1"
 
 
-class ArkProvider(_KeyedProvider, tag="ark", kw_only=True):
+class ArkProvider(_KeyedProvider, tag="ark", frozen=True, kw_only=True):
     base_url: str = "https://ark.cn-beijing.volces.com/api/v3"
 
 
-class OpenRouterProvider(_KeyedProvider, tag="openrouter", kw_only=True):
+class OpenRouterProvider(_KeyedProvider, tag="openrouter", frozen=True, kw_only=True):
     base_url: str = "https://openrouter.ai/api/v1"
 
 
-class GeminiProvider(_KeyedProvider, tag="gemini", kw_only=True):
+class GeminiProvider(_KeyedProvider, tag="gemini", frozen=True, kw_only=True):
     base_url: str = "https://generativelanguage.googleapis.com/v1beta"
 
 
-class ZaiProvider(_KeyedProvider, tag="zai", kw_only=True):
+class ZaiProvider(_KeyedProvider, tag="zai", frozen=True, kw_only=True):
     base_url: str = "https://open.bigmodel.cn/api/paas/v4"
 
 
-class LocalProvider(ProviderBase, tag="local", kw_only=True):
+class LocalProvider(ProviderBase, tag="local", frozen=True, kw_only=True):
     pass
 
 
@@ -117,7 +117,7 @@ Provider = (
 PROVIDER_TYPES = ("openai", "ark", "openrouter", "gemini", "zai", "local")
 
 
-class Route(Strict):
+class Route(Strict, frozen=True):
     provider: str
     model: str | None = None  # defaults to the public model name
     priority: int = 0
@@ -126,18 +126,18 @@ class Route(Strict):
     image_only: bool = False  # OpenRouter / Gemini: request only the image modality
 
 
-class ModelConfig(Strict):
+class ModelConfig(Strict, frozen=True):
     routes: Annotated[list[Route], Meta(min_length=1)]
     aliases: list[str] = []
     defaults: dict[str, str | int | float | bool] = {}
 
 
-class RoutingConfig(Strict):
+class RoutingConfig(Strict, frozen=True):
     max_attempts: Annotated[int, Meta(ge=1)] = 3
     cooldown_s: Annotated[float, Meta(ge=0)] = 30.0
 
 
-class Config(Strict):
+class Config(Strict, frozen=True):
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
     state: StateConfig = StateConfig()

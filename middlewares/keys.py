@@ -3,12 +3,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
-from config.schema import ApiKey, Config
+from config.schema import ApiKey, Config, ModelConfig
+
+
+class Routed(msgspec.Struct):
+    """A JSON images request once decoded and routed to a public model."""
+
+    public_model: str
+    model_config: ModelConfig
+    body: Any  # ImageGenerateRequest | ImageEditJSONRequest, defaults applied
+    raw: bytes  # the body exactly as the client sent it
+    rewritten: bool  # alias resolved, model missing, or defaults filled: the bytes must change
+    defaults: dict[str, Any]
 
 CONFIG = web.AppKey("config", Config)
-METRICS = web.AppKey("metrics", Any)  # middlewares.metrics.Metrics
 
 REQUEST_ID = web.RequestKey("request_id", str)
 API_KEY = web.RequestKey("api_key", ApiKey)  # absent on an open gateway
@@ -17,4 +28,4 @@ MODEL = web.RequestKey("model", str)  # the public model name, once it is known 
 PROVIDER = web.RequestKey("provider", str)  # the provider name of the route that answered
 IMAGES = web.RequestKey("images", int)  # images in the answer
 PROMPT = web.RequestKey("prompt", str)  # set only when server.log_prompts is true
-ROUTED = web.RequestKey("routed", Any)  # middlewares.rewrite.Routed, set for JSON bodies
+ROUTED = web.RequestKey("routed", Routed)  # set by the rewrite middleware for JSON bodies

@@ -25,7 +25,9 @@ class Metrics:
                 f"imagegate_{name}", doc, labels, registry=registry, buckets=REQUEST_BUCKETS
             )
 
-        gauge_mode: dict[str, Any] = {"multiprocess_mode": "livesum"} if multiprocess else {}
+        # several workers: in-flight sums the live ones, health is the worst any worker saw
+        in_flight_mode: Any = "livesum" if multiprocess else "all"
+        health_mode: Any = "min" if multiprocess else "all"
         self.registry = registry
         self.requests = counter("requests_total", "Requests answered",
                                 ("endpoint", "model", "key", "status"))
@@ -39,14 +41,14 @@ class Metrics:
         self.tokens = counter("tokens_total", "Tokens reported by providers",
                               ("model", "provider", "kind"))
         self.in_flight = Gauge("imagegate_in_flight_requests", "Requests being answered",
-                               registry=registry, **gauge_mode)
+                               registry=registry, multiprocess_mode=in_flight_mode)
         self.rate_limited = counter("rate_limited_total", "Requests refused by a key limit",
                                     ("key", "limit"))
         self.retries = counter("retries_total", "Attempts retried on another route",
                                ("provider",))
         self.route_healthy = Gauge("imagegate_route_healthy", "1 when the route is not resting",
                                    ("provider", "model"), registry=registry,
-                                   **({"multiprocess_mode": "min"} if multiprocess else {}))
+                                   multiprocess_mode=health_mode)
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, family: Any, *labels: str) -> Any:

@@ -12,7 +12,7 @@ from config.api import DEFAULT_MODEL, ImageEditJSONRequest, ImageGenerateRequest
 from config.errors import GatewayError
 from config.schema import Config, ModelConfig
 from middlewares.auth import check_model_allowed
-from middlewares.keys import MODEL, PROMPT, ROUTED
+from middlewares.keys import MODEL, PROMPT, ROUTED, Routed
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON_BODIES: dict[str, type[ImageGenerateRequest]] = {
@@ -23,15 +23,6 @@ _SIZE = re.compile(r"auto|[1-4]K|([1-9][0-9]{0,3})x([1-9][0-9]{0,3})")
 _AT = re.compile(r" - at `\$\.?(.*)`$")
 MAX_SIDE = 4096
 PROMPT_LOG_CHARS = 1000
-
-
-class Routed(msgspec.Struct):
-    public_model: str
-    model_config: ModelConfig
-    body: Any  # ImageGenerateRequest | ImageEditJSONRequest, defaults applied
-    raw: bytes  # the body exactly as the client sent it
-    rewritten: bool  # alias resolved, model missing, or defaults filled: the bytes must change
-    defaults: dict[str, Any]
 
 
 class ModelTable:

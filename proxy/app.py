@@ -10,7 +10,7 @@ from config.schema import Config
 from middlewares.auth import auth_middleware
 from middlewares.context import context_middleware, set_request_id_header
 from middlewares.errors import errors_middleware
-from middlewares.keys import CONFIG, METRICS
+from middlewares.keys import CONFIG
 from middlewares.metrics import Metrics, metrics_middleware
 from middlewares.rewrite import rewrite_middleware
 from proxy import handlers
@@ -36,7 +36,6 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app = web.Application(middlewares=middlewares,
                           client_max_size=config.server.max_request_bytes)
     app[CONFIG] = config
-    app[METRICS] = metrics
     app[GATEWAY] = gateway
     app.on_response_prepare.append(set_request_id_header)
     app.cleanup_ctx.append(gateway.lifecycle)
@@ -57,5 +56,5 @@ def _exposed_registry(metrics: Metrics, multiprocess: bool) -> CollectorRegistry
     if not multiprocess:
         return metrics.registry
     registry = CollectorRegistry()
-    prom_multiprocess.MultiProcessCollector(registry)
+    prom_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return registry

@@ -13,8 +13,7 @@ from aiohttp import web
 from adapters.base import ImageRequest, InputImage, Operation, sniff_mime
 from config.api import ImagesResponse
 from config.errors import GatewayError
-from middlewares.keys import IMAGES, MODEL, PROVIDER, ROUTED
-from middlewares.rewrite import Routed
+from middlewares.keys import IMAGES, MODEL, PROVIDER, ROUTED, Routed
 from proxy import forms, images, sse
 from proxy.gateway import GATEWAY
 from proxy.relay import relay, rewrite_json, usage_of

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -30,7 +31,7 @@ class Gateway:
         self.fetcher = Fetcher(config.fetch)
         self.finisher = Finisher(self.store, self.fetcher)
         self.public_base_url = public_base_url(config)
-        self._redis = None
+        self._redis: Any = None
 
     def count_images(self, model: str, provider: str, count: int, usage: Usage | None) -> None:
         m = self.metrics

@@ -3,19 +3,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from adapters.base import ImageRequest, InputImage, Operation
-from config.api import ImageEditForm, ImageEditJSONRequest, Model, ModelList
+from config.api import ImageEditForm, ImageEditJSONRequest, ImageURL, Model, ModelList
 from config.errors import GatewayError
 from middlewares.auth import allowed_models, check_model_allowed
-from middlewares.keys import MODEL, PROMPT, ROUTED
+from middlewares.keys import MODEL, PROMPT, ROUTED, Routed
 from middlewares.rewrite import (
     PROMPT_LOG_CHARS,
-    Routed,
     apply_defaults,
     check_fields,
     validation_error,
@@ -97,10 +95,10 @@ async def json_edit(request: web.Request) -> web.StreamResponse:
     return await serve(request, routed.public_model, body, "image_edit", make, native)
 
 
-def _url(ref: Any, param: str) -> str:
+def _url(ref: ImageURL, param: str) -> str:
     if not ref.image_url:
-        raise GatewayError("invalid_value", f"'{param}.image_url' is required (file_id is not "
-                           "supported by this gateway).", param=f"{param}.image_url")
+        raise GatewayError("invalid_value", f"'{param}.image_url' is required (file_id works "
+                           "only on OpenAI routes).", param=f"{param}.image_url")
     return ref.image_url
 
 

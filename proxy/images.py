@@ -120,10 +120,11 @@ def transcode(data: bytes, mime: str, fmt: str | None,
     target = MIMES.get(fmt or "", mime)
     if target == mime and compression is None:
         return data, mime
-    with PILImage.open(io.BytesIO(data)) as im:
-        im.load()
+    with PILImage.open(io.BytesIO(data)) as opened:
+        opened.load()
+        im: PILImage.Image = opened
         if target == "image/jpeg" and im.mode not in ("RGB", "L"):
-            rgba = im.convert("RGBA")
+            rgba = im.convert("RGBA")  # JPEG has no alpha: flattened onto white
             im = PILImage.new("RGB", rgba.size, (255, 255, 255))
             im.paste(rgba, mask=rgba.getchannel("A"))
         out = io.BytesIO()
@@ -161,9 +162,10 @@ class Finisher:
             except GatewayError as exc:
                 raise GatewayError("upstream_unavailable", "The provider's image could not be "
                                    "downloaded.") from exc
-        mime = sniff_mime(data[:16])
-        if mime is None:
+        found = sniff_mime(data[:16])
+        if found is None:
             raise bad_image()  # a 200 carries real images only
+        mime: str = found
         wanted = MIMES.get(req.output_format or "", mime)
         recompress = req.output_compression is not None and wanted in LOSSY
         if not formats_done and (wanted != mime or recompress):

@@ -14,11 +14,14 @@ _PARAM = re.compile(r';\s*([A-Za-z0-9_*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]
 Kind = Literal["raw", "part", "data", "end", "close"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class PartInfo:
     name: str
     filename: str | None
     content_type: str | None
+
+
+NO_PART = PartInfo("", None, None)
 
 
 @dataclass
@@ -28,7 +31,7 @@ class Event:
 
     kind: Kind
     data: bytes = b""
-    part: PartInfo | None = None
+    part: PartInfo = NO_PART  # set on `part` events
 
 
 def malformed(detail: str) -> GatewayError:
