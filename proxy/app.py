@@ -21,10 +21,10 @@ from proxy.storage import ImageStore
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None,
                router: Router | None = None, store: ImageStore | None = None,
-               multiprocess: bool = False) -> web.Application:
+               multiprocess: bool = False, rest_sync_s: float = 1.0) -> web.Application:
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry, multiprocess=multiprocess)
-    gateway = Gateway(config, metrics, router, store)
+    gateway = Gateway(config, metrics, router, store, rest_sync_s)
     middlewares = [
         context_middleware(),
         metrics_middleware(metrics),

@@ -51,8 +51,8 @@ async def dispatch(request: web.Request, plan: list[RouteState], attempt: Attemp
             if failures:
                 gw.metrics.child(gw.metrics.retries, route.provider).inc()
             failures += 1
-            if error.code != "upstream_busy":  # our own cap, not the route's health
-                gw.router.failed(route)
+            if error.code != "upstream_busy" and gw.router.failed(route):  # our cap is not health
+                await gw.share_rest(route)
             last = error
             if not replayable():
                 break

@@ -14,14 +14,15 @@ from middlewares.metrics import Metrics
 from middlewares.rewrite import ModelTable
 from proxy.fetch import Fetcher
 from proxy.images import Finisher
-from proxy.routing import Router
+from proxy.routing import Router, RouteState
+from proxy.shared import SharedRests
 from proxy.storage import ImageStore
 from proxy.upstream import Upstream
 
 
 class Gateway:
     def __init__(self, config: Config, metrics: Metrics, router: Router | None = None,
-                 store: ImageStore | None = None) -> None:
+                 store: ImageStore | None = None, rest_sync_s: float = 1.0) -> None:
         self.config = config
         self.metrics = metrics
         self.models = ModelTable(config)
@@ -32,6 +33,14 @@ class Gateway:
         self.finisher = Finisher(self.store, self.fetcher)
         self.public_base_url = public_base_url(config)
         self._redis: Any = None
+        self.shared: SharedRests | None = None
+        if config.state.backend == "redis":
+            self.shared = SharedRests(config.state.redis_url, self.router, rest_sync_s)
+
+    async def share_rest(self, route: RouteState) -> None:
+        """A route this gateway sent to rest rests on every gateway sharing the Redis."""
+        if self.shared is not None:
+            await self.shared.publish(route, self.config.routing.cooldown_s)
 
     def count_images(self, model: str, provider: str, count: int, usage: Usage | None) -> None:
         m = self.metrics
@@ -59,11 +68,16 @@ class Gateway:
         """cleanup_ctx: one client session for the app's life, the storage sweeper task."""
         await self.upstream.start()
         await self.fetcher.start()
-        sweeper = asyncio.create_task(self.store.sweep_forever())
+        tasks = [asyncio.create_task(self.store.sweep_forever())]
+        if self.shared is not None:
+            tasks.append(asyncio.create_task(self.shared.sync_forever()))
         yield
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.shared is not None:
+            await self.shared.close()
         await self.upstream.close()
         await self.fetcher.close()
         await self.store.close()

@@ -14,10 +14,11 @@ FAILURES_BEFORE_REST = 3  # consecutive failures that send a route to rest for c
 
 
 class RouteState:
-    def __init__(self, public_model: str, route: Route) -> None:
+    def __init__(self, public_model: str, route: Route, index: int) -> None:
         self.route = route
         self.provider = route.provider
         self.model = route.model or public_model
+        self.key = f"{public_model}/{index}"  # names the route in shared state
         self.failures = 0
         self.resting_until = 0.0
 
@@ -30,7 +31,7 @@ class Router:
         self.max_attempts = config.routing.max_attempts
         self.clock, self.rng, self.metrics = clock, rng or random.Random(), metrics
         self.routes = {
-            name: [RouteState(name, r) for r in model.routes]
+            name: [RouteState(name, r, i) for i, r in enumerate(model.routes)]
             for name, model in config.models.items()
         }
         for states in self.routes.values():
@@ -69,9 +70,20 @@ class Router:
             state.failures, state.resting_until = 0, 0.0
             self.metrics.child(self.metrics.route_healthy, state.provider, state.model).set(1)
 
-    def failed(self, state: RouteState) -> None:
+    def failed(self, state: RouteState) -> bool:
+        """Counts a failure; True when the route has just been sent to rest."""
         state.failures += 1
         if state.failures >= FAILURES_BEFORE_REST and self.cooldown_s > 0:
-            state.resting_until = self.clock() + self.cooldown_s
+            self.rest(state, self.cooldown_s)
             state.failures = 0
+            return True
+        return False
+
+    def rest(self, state: RouteState, seconds: float) -> None:
+        until = self.clock() + seconds
+        if until > state.resting_until:
+            state.resting_until = until
             self.metrics.child(self.metrics.route_healthy, state.provider, state.model).set(0)
+
+    def all_routes(self) -> list[RouteState]:
+        return [s for states in self.routes.values() for s in states]

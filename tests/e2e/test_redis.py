@@ -27,3 +27,27 @@ async def test_url_images_live_in_redis_and_readyz_follows_it(gateway: Any, tmp_
         assert resp.status == 200 and (await resp.read()).startswith(b"\x89PNG")
     resp = await first.get("/readyz")
     assert resp.status == 503 and (await resp.json())["status"] == "unavailable"
+
+
+async def test_a_route_rested_on_one_gateway_rests_on_all(gateway: Any, tmp_path: Any,
+                                                          openai_upstream: Any) -> None:
+    from proxy.gateway import GATEWAY
+    from tests.upstreams.openai import API_KEY
+
+    recorder, base = openai_upstream
+    recorder.mode = "server_error"
+    with redis_server(tmp_path) as url:
+        config = make_config(
+            {"state": {"backend": "redis", "redis_url": url}, "routing": {"cooldown_s": 30}},
+            providers={"openai": {"type": "openai", "base_url": base, "api_key": API_KEY}},
+            models={"gpt-image-1": {"routes": [{"provider": "openai"}]}})
+        first, second = await gateway(config), await gateway(config)
+        body = {"model": "gpt-image-1", "prompt": "p"}
+        for _ in range(3):
+            assert (await first.post("/v1/images/generations", json=body)).status == 502
+        assert (await first.post("/v1/images/generations", json=body)).status == 503
+        calls = len(recorder.requests)
+        await second.app[GATEWAY].shared.sync_once()  # the poll every gateway runs each second
+        resp = await second.post("/v1/images/generations", json=body)
+        assert resp.status == 503 and int(resp.headers["retry-after"]) > 25
+        assert len(recorder.requests) == calls  # the second gateway did not call the rested route

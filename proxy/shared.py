@@ -1,0 +1,51 @@
+"""Route rests shared through Redis, so every gateway machine skips a route one of them rested."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from proxy.routing import Router, RouteState
+
+PREFIX = "imagegate:rest:"
+log = structlog.get_logger("imagegate.shared")
+
+
+class SharedRests:
+    """Publishes a route's rest as a key that expires with it; polls the others' rests."""
+
+    def __init__(self, redis_url: str, router: Router, sync_s: float = 1.0) -> None:
+        import redis.asyncio as redis  # only when state.backend is redis
+
+        self.client: Any = redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+        self.errors: type[Exception] = redis.RedisError
+        self.router, self.sync_s = router, sync_s
+        self.states = router.all_routes()
+
+    async def publish(self, state: RouteState, seconds: float) -> None:
+        try:
+            await self.client.set(PREFIX + state.key, "1", px=max(1, int(seconds * 1000)))
+        except (self.errors, OSError):
+            log.warning("shared_state_unreachable", action="publish")  # local rest still holds
+
+    async def sync_once(self) -> None:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for state in self.states:
+                pipe.pttl(PREFIX + state.key)
+            ttls = await pipe.execute()
+        except (self.errors, OSError):
+            log.warning("shared_state_unreachable", action="sync")
+            return
+        for state, ttl in zip(self.states, ttls, strict=True):
+            if ttl > 0:
+                self.router.rest(state, ttl / 1000)
+
+    async def sync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sync_s)
+            await self.sync_once()
+
+    async def close(self) -> None:
+        await self.client.aclose()
