@@ -17,6 +17,10 @@ from config.schema import PROVIDER_TYPES, Config, ModelConfig, Provider
 EXAMPLES = Path(__file__).parent / "examples"
 DEFAULT_CONFIG = EXAMPLES / "default.yaml"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# a whole `${VAR}` value written unquoted in YAML (`api_key: ${KEY}}` in a flow mapping is not
+# valid YAML); it is quoted before parsing, which changes nothing since values stay strings
+_BARE_VAR = re.compile(r"(?:(?<=[:\[,-] )|(?<=\[))(\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\"'\n]*)?\})"
+                       r"(?=\s*(?:[,}\]#]|$))", re.M)
 _AT = re.compile(r" - at `\$(.*)`$")
 # request fields a model's `defaults:` may fill in (not the prompt, the model or the stream mode)
 DEFAULTABLE = frozenset(ImageGenerateRequest.__struct_fields__) - {"prompt", "model", "stream"}
@@ -176,7 +180,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except OSError as exc:
         raise ConfigError("", f"cannot read {target}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(_BARE_VAR.sub(r'"\1"', text))
     except yaml.YAMLError as exc:
         raise ConfigError("", f"invalid YAML: {exc}") from None
     return parse_config(data)

@@ -122,3 +122,18 @@ def test_env_values_stay_strings_unless_a_number_is_wanted() -> None:
     assert config.models["m"].defaults == {"n": 3}
     config = parse_config(data, env={"PORT": "9002", "KEY": "no", "N": "3"})
     assert config.providers["o"].api_key == "no"
+
+
+def test_designs_unquoted_vars_in_flow_mappings_load(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "providers:\n"
+        "  openai: {type: openai, base_url: https://api.openai.com/v1, api_key: ${OAI}}\n"
+        "  local: {type: local}\n"
+        "server: {port: ${PORT:-8081}}\n"
+        "models:\n  m: {routes: [{provider: openai, model: ${MODEL:-gpt-image-1}}]}\n")
+    monkeypatch.setenv("OAI", "sk-1")
+    config = load_config(path)
+    assert config.providers["openai"].api_key == "sk-1" and config.server.port == 8081
+    assert config.models["m"].routes[0].model == "gpt-image-1"
