@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import msgspec
 from aiohttp import web
 
@@ -273,7 +274,6 @@ async def host_images(request: web.Request, raw: bytes) -> web.Response:
 async def forward_multipart(request: web.Request, route: RouteState, form: forms.Form,
                             check: forms.FileCheck, path: str, filled: dict[str, str],
                             fields: Any) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
     extra = dict(filled)
     if "model" not in form.raw_fields and route.model != "dall-e-2":
         extra["model"] = route.model
@@ -286,21 +286,45 @@ async def forward_multipart(request: web.Request, route: RouteState, form: forms
     if length is not None:
         headers["Content-Length"] = str(length)  # some upstreams refuse chunked uploads
     body = forms.forward_body(form, check, route.model, extra, drop)
-    stream = bool(fields.stream)
-    completed = [0]
     try:
-        async with gw.upstream.attempt(route.provider, route.model, path, data=body,
-                                       headers=headers, stream=stream) as resp:
-            if hosted and fields.response_format == "url" and resp.status == 200 and not stream:
-                response: web.StreamResponse = await host_images(request, await resp.read())
-            else:
-                response = await relay(request, resp, route.provider, stream=stream,
-                                       completed=completed)
+        response = await send_form(request, route, path, body, headers, fields, hosted)
     except GatewayError:
         if check.error is not None:
             raise check.error from None
         raise
     if check.error is not None:
         raise check.error
+    return response
+
+
+async def forward_collected(request: web.Request, route: RouteState, path: str,
+                            text: dict[str, str], files: list[InputImage],
+                            mask: InputImage | None, fields: Any) -> web.StreamResponse:
+    """A form already read into memory (for an adapter that failed) sent on to an OpenAI route,
+    rebuilt with aiohttp's multipart writer: same fields and files, the route's model."""
+    hosted = route.model.startswith(GPT_IMAGE_MODELS) and "response_format" in text
+    writer = aiohttp.MultipartWriter("form-data")
+    for name, value in {**text, "model": route.model}.items():
+        if not (hosted and name == "response_format"):
+            writer.append(value).set_content_disposition("form-data", name=name)
+    named = [("image" if len(files) == 1 else "image[]", f) for f in files]
+    for name, image in named + ([("mask", mask)] if mask is not None else []):
+        part = writer.append(image.data, {"Content-Type": image.mime})
+        part.set_content_disposition("form-data", name=name, filename=image.filename)
+    return await send_form(request, route, path, writer, {}, fields, hosted)
+
+
+async def send_form(request: web.Request, route: RouteState, path: str, body: Any,
+                    headers: dict[str, str], fields: Any, hosted: bool) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    stream = bool(fields.stream)
+    completed = [0]
+    async with gw.upstream.attempt(route.provider, route.model, path, data=body,
+                                   headers=headers, stream=stream) as resp:
+        if hosted and fields.response_format == "url" and resp.status == 200 and not stream:
+            response: web.StreamResponse = await host_images(request, await resp.read())
+        else:
+            response = await relay(request, resp, route.provider, stream=stream,
+                                   completed=completed)
     count_native(request, route, response, fields.n, completed)
     return response

@@ -21,6 +21,7 @@ from middlewares.rewrite import (
 from proxy import forms
 from proxy.dispatch import (
     Unsuitable,
+    forward_collected,
     forward_json,
     forward_multipart,
     image_request,
@@ -75,11 +76,17 @@ async def json_edit(request: web.Request) -> web.StreamResponse:
     async def load() -> tuple[list[InputImage], InputImage | None]:
         nonlocal loaded
         if loaded is None:  # data URLs decoded, http(s) URLs fetched safely, all at once
-            refs = [(_url(ref, f"images[{i}]"), f"images[{i}]")
-                    for i, ref in enumerate(body.images)]
-            if body.mask is not None:
-                refs.append((_url(body.mask, "mask"), "mask"))
-            found = list(await asyncio.gather(*(gw.fetcher.load_image(u, p) for u, p in refs)))
+            try:
+                refs = [(_url(ref, f"images[{i}]"), f"images[{i}]")
+                        for i, ref in enumerate(body.images)]
+                if body.mask is not None:
+                    refs.append((_url(body.mask, "mask"), "mask"))
+                found = list(await asyncio.gather(*(gw.fetcher.load_image(u, p)
+                                                    for u, p in refs)))
+            except GatewayError as error:  # an OpenAI route later in the plan reads them itself
+                if error.code != "invalid_value":
+                    raise
+                raise Unsuitable(error) from None
             mask = found.pop() if body.mask is not None else None
             loaded = found, mask
         return loaded
@@ -152,10 +159,14 @@ async def _multipart_edit(request: web.Request, gw: Gateway, form: forms.Form, p
         return image_request(op, fields, route, *collected, unknown)
 
     async def native(route: RouteState) -> web.StreamResponse | None:
-        if form.consumed:
-            return None  # the files were read for an adapter: nothing left to stream upstream
-        return await forward_multipart(request, route, form, check, path,
-                                       {k: str(v) for k, v in filled.items()}, fields)
+        filled_text = {k: str(v) for k, v in filled.items()}
+        if not form.consumed:
+            return await forward_multipart(request, route, form, check, path, filled_text,
+                                           fields)
+        if collected is None:
+            return None  # streamed to another upstream already: it cannot be sent twice
+        return await forward_collected(request, route, path, {**all_fields, **filled_text},
+                                       *collected, fields)
 
     # a body streamed upstream cannot be sent twice; one read into memory can
     return await serve(request, public, fields, "image_edit", make, native,

@@ -261,3 +261,32 @@ async def test_a_failed_download_keeps_the_other_images(aiohttp_server: Any,
     resp = await client.post("/v1/images/generations", json={"model": "s", "prompt": "p", "n": 2})
     assert resp.status == 200 and resp.headers["x-imagegate-failed-images"] == "1"
     assert len((await resp.json())["data"]) == 1
+
+
+async def test_requests_an_adapter_refuses_reach_a_later_openai_route(
+        aiohttp_server: Any, gateway: Any, openai_upstream: Any) -> None:
+    from tests.upstreams import ark as ark_mock
+
+    recorder, base = openai_upstream
+    ark_base = str((await aiohttp_server(ark_mock.make_app(ark_mock.Recorder())))
+                   .make_url("")).rstrip("/")
+    client = await gateway(make_config(
+        providers={"ark": {"type": "ark", "base_url": ark_base, "api_key": ark_mock.API_KEY},
+                   "openai": {"type": "openai", "base_url": base,
+                              "api_key": openai_mock.API_KEY}},
+        models={"m": {"routes": [{"provider": "ark", "model": "doubao-seedream-4-0"},
+                                 {"provider": "openai", "model": "gpt-image-1",
+                                  "priority": 1}]}}))
+    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    png = openai_mock.PNG
+    try:  # Ark cannot apply a mask: the files, read for Ark, are sent on to OpenAI
+        await sdk.images.edit(model="m", prompt="p", n=2, image=("a.png", png, "image/png"),
+                              mask=("m.png", png, "image/png"))
+        parts = {p.name: p for p in recorder.last.parts}
+        assert parts["model"].text == "gpt-image-1" and parts["n"].text == "2"
+        assert parts["image"].filename == "a.png" and parts["mask"].size == len(png)
+        await sdk.post("/images/edits", cast_to=object, body={  # file ids: only OpenAI reads them
+            "model": "m", "prompt": "p", "images": [{"file_id": "file-1"}]})
+        assert recorder.last.json["images"] == [{"file_id": "file-1"}]
+    finally:
+        await sdk.close()
