@@ -5,6 +5,7 @@ import argparse
 import hashlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import secrets
 import shutil
@@ -89,6 +90,14 @@ def print_routes(config: Any) -> None:
     keys = len(config.auth.keys)
     print(f"\n{len(config.models)} models, {len(config.providers)} providers, {keys} API keys"
           + ("" if keys else " (open gateway)"))
+    limited = limited_keys(config)
+    if limited:
+        print(f"note: limits of {', '.join(limited)} are not enforced by this version")
+
+
+def limited_keys(config: Any) -> list[str]:
+    return [k.id for k in config.auth.keys
+            if any(v is not None for v in msgspec.structs.astuple(k.limits))]
 
 
 def serve(config: Any, args: argparse.Namespace) -> int:
@@ -107,25 +116,43 @@ def serve(config: Any, args: argparse.Namespace) -> int:
     own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     if own_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="imagegate-prom-")
+    try:
+        return supervise(config, args.workers)
+    finally:
+        if own_dir:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def supervise(config: Any, count: int) -> int:
+    """Runs the workers; if one dies on its own the others are stopped and the exit code says
+    so, for the process supervisor (systemd, Kubernetes) to restart the gateway."""
+    configure_logging(config.server.log_level)
+    log = structlog.get_logger("imagegate")
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=run_worker, args=(config, True)) for _ in range(args.workers)]
+    workers = [ctx.Process(target=run_worker, args=(config, True)) for _ in range(count)]
     for w in workers:
         w.start()
+    stopping = crashed = False
 
     def stop_workers(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
         for w in workers:  # each worker shuts down gracefully on SIGTERM
             if w.is_alive():
                 w.terminate()
 
     signal.signal(signal.SIGTERM, stop_workers)
     signal.signal(signal.SIGINT, stop_workers)
-    try:
-        for w in workers:
-            w.join()
-    finally:
-        if own_dir:
-            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-    return 0
+    while any(w.is_alive() for w in workers):
+        multiprocessing.connection.wait([w.sentinel for w in workers if w.is_alive()])
+        dead = [w for w in workers if not w.is_alive()]
+        if dead and not stopping:
+            log.error("worker_died", pid=dead[0].pid, exitcode=dead[0].exitcode)
+            crashed = True
+            stop_workers(signal.SIGTERM, None)
+    for w in workers:
+        w.join()
+    return 1 if crashed else 0
 
 
 def run_worker(config: Any, multiprocess: bool) -> None:
@@ -138,6 +165,9 @@ def run_worker(config: Any, multiprocess: bool) -> None:
     app = create_app(config, multiprocess=multiprocess)
     log.info("starting", host=config.server.host, port=config.server.port, pid=os.getpid(),
              models=len(config.models))
+    if limited_keys(config):
+        log.warning("limits_not_enforced", keys=limited_keys(config),
+                    detail="auth.keys[].limits are accepted but not enforced by this version")
     web.run_app(app, host=config.server.host, port=config.server.port, print=None,
                 access_log=None, reuse_port=multiprocess, handler_cancellation=True,
                 shutdown_timeout=config.server.graceful_shutdown_s,

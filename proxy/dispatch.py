@@ -19,7 +19,7 @@ from proxy import forms, images, sse
 from proxy.gateway import GATEWAY
 from proxy.relay import relay, rewrite_json, usage_of
 from proxy.routing import RouteState
-from proxy.upstream import ProviderState
+from proxy.upstream import AnswerBroken, ProviderState
 
 RETRYABLE = frozenset({"upstream_unavailable", "upstream_timeout", "upstream_auth_failed",
                        "upstream_rate_limited", "upstream_busy"})
@@ -46,6 +46,10 @@ async def dispatch(request: web.Request, plan: list[RouteState], attempt: Attemp
         except Unsuitable as skip:  # this route cannot do what was asked; another may
             refused = refused or skip.error
             continue
+        except AnswerBroken as broken:  # the route failed, but the answer was already going out
+            gw.router.failed(route)
+            request[PROVIDER] = route.provider
+            return broken.response
         except GatewayError as error:
             if error.code not in RETRYABLE:
                 raise

@@ -12,6 +12,7 @@ from aiohttp import web
 from adapters.base import safe_message, status_error
 from config.api import ErrorEnvelope, Usage
 from config.errors import GatewayError
+from proxy.upstream import AnswerBroken
 
 RELAY_WHOLE_BYTES = 4 * 1024 * 1024  # answers up to this are read whole; larger ones stream
 # not OpenAI's x-ratelimit-*: they describe the gateway's account, not the caller's key
@@ -68,6 +69,13 @@ async def raise_for_upstream(resp: aiohttp.ClientResponse, provider: str) -> Non
         return
     retry_after = resp.headers.get("retry-after")
     message = ""
+    if status in (401, 403):  # the operator's clue: OpenAI's code and type, never its text
+        try:
+            refused = _error_view.decode(await resp.read()).error
+            log.warning("upstream_refused_credentials", provider=provider, status=status,
+                        code=refused.code, type=refused.type)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("upstream_refused_credentials", provider=provider, status=status)
     if status == 429:
         try:
             envelope = _error_view.decode(await resp.read())
@@ -109,10 +117,10 @@ async def relay(request: web.Request, resp: aiohttp.ClientResponse, provider: st
         log.warning("upstream_broke_mid_answer", provider=provider, error=type(exc).__name__)
         if ctype.startswith("text/event-stream"):
             await out.write(MID_STREAM_ERROR)
-        else:
-            if request.transport is not None:  # a truncated body must not look whole
-                request.transport.close()
-            return out
+            await out.write_eof()
+        elif request.transport is not None:  # a truncated body must not look whole
+            request.transport.close()
+        raise AnswerBroken(out) from exc
     await out.write_eof()
     return out
 

@@ -31,6 +31,15 @@ def map_upstream_errors(provider: str) -> Iterator[None]:
         ) from exc
 
 
+class AnswerBroken(Exception):
+    """The upstream failed after its answer had begun reaching the client: the route failed,
+    but the request is over (nothing can be retried or re-rendered)."""
+
+    def __init__(self, response: Any) -> None:
+        super().__init__("the upstream broke mid-answer")
+        self.response = response
+
+
 def outcome_of(status: int) -> str:
     if status < 400:
         return "ok"
@@ -106,6 +115,9 @@ class Upstream:
         except GatewayError as exc:
             if exc.code == "upstream_timeout":
                 outcome = "timeout"
+            raise
+        except AnswerBroken:
+            outcome = "broken"
             raise
         except asyncio.CancelledError:
             outcome = "cancelled"

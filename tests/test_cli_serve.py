@@ -64,3 +64,18 @@ def test_two_workers_serve_each_others_links(tmp_path: Path) -> None:
                                capture_output=True, text=True)
     alive = [line for line in leftovers.stdout.splitlines() if "<defunct>" not in line]
     assert alive == []  # SIGTERM to the parent stops every worker
+
+
+def test_a_dead_worker_stops_the_gateway_with_an_error(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(port),
+                             "--workers", "2"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_healthy(port, proc, workers=2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+            os.kill(json.loads(resp.read())["pid"], signal.SIGKILL)
+        assert proc.wait(timeout=20) == 1  # a supervisor sees the failure and restarts it
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -137,3 +137,11 @@ def test_designs_unquoted_vars_in_flow_mappings_load(tmp_path: Path,
     config = load_config(path)
     assert config.providers["openai"].api_key == "sk-1" and config.server.port == 8081
     assert config.models["m"].routes[0].model == "gpt-image-1"
+
+
+def test_check_config_says_limits_are_not_enforced(capsys: pytest.CaptureFixture[str],
+                                                   tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("auth: {keys: [{id: a, key: k, limits: {requests_per_minute: 5}}]}\n")
+    assert main(["check-config", str(path)]) == 0
+    assert "limits of a are not enforced" in capsys.readouterr().out

@@ -71,6 +71,11 @@ async def test_a_stream_that_breaks_midway_ends_with_an_error_event(aiohttp_serv
     await sdk.close()
     assert events == ["image_generation.partial_image", "error:upstream_unavailable"]
     assert calls[0] == 1  # never retried once the answer had begun
+    value = client.registry.get_sample_value("imagegate_upstream_requests_total", {
+        "provider": "flaky", "model": "gpt-image-1", "outcome": "broken"})
+    assert value == 1
+    assert client.registry.get_sample_value(
+        "imagegate_images_total", {"model": "gpt-image-1", "provider": "flaky"}) is None
 
 
 async def test_malformed_streamed_uploads_do_not_rest_the_route(gateway: Any,

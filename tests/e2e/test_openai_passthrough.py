@@ -9,6 +9,7 @@ from typing import Any
 
 import openai
 import pytest
+from structlog.testing import capture_logs
 
 from tests.conftest import make_config, openai_models
 from tests.upstreams.openai import PNG, png_bytes
@@ -133,8 +134,11 @@ async def test_stream_is_relayed_event_by_event(setup: Any) -> None:
 async def test_upstream_errors(setup: Any, mode: str, exc: type, status: int, code: str) -> None:
     recorder, _, sdk = setup
     recorder.mode = mode
-    with pytest.raises(exc) as info:
+    with capture_logs() as logs, pytest.raises(exc) as info:
         await sdk.images.generate(model="gpt-image-1", prompt="p")
+    if mode == "auth":  # the operator learns OpenAI's code, never its text (it echoes the key)
+        refused = [e for e in logs if e["event"] == "upstream_refused_credentials"]
+        assert refused[0]["code"] == "invalid_api_key" and "sk-" not in repr(logs)
     assert info.value.status_code == status
     assert info.value.body["code"] == code
     if mode == "policy":  # OpenAI's own error keeps its type
