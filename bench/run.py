@@ -85,12 +85,37 @@ def upstream_app() -> web.Application:
     return app
 
 
-def serve_upstream() -> None:
+def bare_app(upstream: str) -> web.Application:
+    """The baseline: an aiohttp proxy doing only the forwarding (one shared session)."""
+    async def session_ctx(app: web.Application) -> Any:
+        app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        yield
+        await app[SESSION].close()
+
+    async def generations(request: web.Request) -> web.Response:
+        body = await request.read()
+        async with request.app[SESSION].post(
+                f"{upstream}/images/generations", data=body,
+                headers={"Content-Type": "application/json", "Authorization": "Bearer k"}) as r:
+            return web.Response(status=r.status, body=await r.read(),
+                                content_type="application/json")
+
+    app = web.Application()
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_post("/v1/images/generations", generations)
+    return app
+
+
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+def serve_upstream(bare_for: str | None = None) -> None:
     # a terminal Ctrl-C reaches the whole group; the bench stops this process itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     async def run() -> None:
-        runner = web.AppRunner(upstream_app(), access_log=None)
+        app = bare_app(bare_for) if bare_for else upstream_app()
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -163,9 +188,11 @@ def status_kb(pid: int, key: str = "VmRSS") -> int:
     raise RuntimeError(f"{key} missing from /proc/{pid}/status")
 
 
-def start_upstream(procs: list[subprocess.Popen[Any]]) -> int:
-    """Spawns the mock upstream (listed in `procs` at once, for clean-up) and returns its port."""
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--upstream"],
+def start_upstream(procs: list[subprocess.Popen[Any]], bare_for: str | None = None) -> int:
+    """Spawns the mock upstream, or with `bare_for` the baseline forwarder to it (listed in
+    `procs` at once, for clean-up), and returns its port."""
+    mode = ["--bare-proxy", bare_for] if bare_for else ["--upstream"]
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *mode],
                             stdout=subprocess.PIPE, text=True,
                             preexec_fn=die_with_parent)  # noqa: PLW1509 (no threads yet)
     procs.append(proc)
@@ -407,6 +434,11 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, Any, str]]:
                  ("latency p50 (ms)", load["p50_ms"], ""),
                  ("latency p99 (ms)", load["p99_ms"], ""),
                  ("RSS after load (MB)", load["rss_after_load_mb"], "")]
+    bare = r.get("baseline")
+    if load and bare:
+        overhead = round(load["cpu_ms_per_request"] - bare["cpu_ms_per_request"], 3)
+        rows += [("bare forwarder CPU ms / request", bare["cpu_ms_per_request"], ""),
+                 ("chain overhead CPU ms / request", overhead, "")]
     for kind, label in (("streamed", "fields first"), ("spooled", "model after file")):
         e = edits.get(kind)
         if e:
@@ -441,7 +473,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--skip-edit", action="store_true", help="skip the 50 MB edit figures")
     p.add_argument("--skip-load", action="store_true", help="skip the generation load")
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
+    p.add_argument("--baseline", action="store_true",
+                   help="also load a bare aiohttp forwarder and report the chain's overhead")
     p.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--bare-proxy", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -476,6 +511,13 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[Any]])
     finally:
         if gateway.poll() is not None:
             note(f"the gateway exited ({gateway.returncode}); its log:\n{tail(log)}")
+    if args.baseline and not args.skip_load:
+        stop(gateway)  # the forwarder gets the cores to itself, as the gateway had them
+        bare_port = start_upstream(procs, f"http://127.0.0.1:{upstream_port}")
+        bare = procs[-1]
+        note(f"baseline: bare aiohttp forwarder, {args.seconds:g} s at {args.concurrency}")
+        results["baseline"] = asyncio.run(measure_load(f"http://127.0.0.1:{bare_port}",
+                                                       bare.pid, args.concurrency, args.seconds))
     return results
 
 
@@ -485,8 +527,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.upstream:
-        serve_upstream()
+    if args.upstream or args.bare_proxy:
+        serve_upstream(args.bare_proxy)
         return 0
     # SIGTERM takes the same clean-up path as Ctrl-C
     signal.signal(signal.SIGTERM, _interrupt)
