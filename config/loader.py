@@ -130,6 +130,8 @@ def _typed_defaults(name: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(where, f"{field!r} cannot have a default (one of: "
                               f"{', '.join(sorted(DEFAULTABLE))})")
     typed = _convert({"prompt": "-", **defaults}, ImageGenerateRequest, where)
+    if typed.background == "transparent" and typed.output_format == "jpeg":
+        raise ConfigError(where, "a transparent background needs output_format png or webp")
     return {field: getattr(typed, field) for field in defaults}
 
 

@@ -101,6 +101,8 @@ def test_model_defaults_are_checked() -> None:
 
     assert error_of(model({"sise": "2K"})).startswith("models.m.defaults: 'sise' cannot have")
     assert error_of(model({"n": 50})) == "models.m.defaults.n: Expected `int` <= 10"
+    assert "transparent background" in error_of(model({"background": "transparent",
+                                                       "output_format": "jpeg"}))
     assert parse_config(model({"size": "2K", "n": 2}), env={}).models["m"].defaults["n"] == 2
 
 
