@@ -47,7 +47,8 @@ async def dispatch(request: web.Request, plan: list[RouteState], attempt: Attemp
             refused = refused or skip.error
             continue
         except AnswerBroken as broken:  # the route failed, but the answer was already going out
-            gw.router.failed(route)
+            if gw.router.failed(route):
+                await gw.share_rest(route)
             request[PROVIDER] = route.provider
             return broken.response
         except GatewayError as error:

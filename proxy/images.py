@@ -69,13 +69,18 @@ def encode_calls(state: ProviderState, req: ImageRequest
 
 async def render(upstream: Upstream, state: ProviderState, req: ImageRequest,
                  make: Callable[[ImageRequest], ProviderResult]) -> ProviderResult:
-    """An offline provider's attempt, logged and counted like an HTTP one."""
+    """An offline provider's attempt: capped, logged and counted like an HTTP one."""
+    if state.in_flight >= state.config.max_concurrency:
+        raise GatewayError("upstream_busy", f"The provider '{state.name}' is at its concurrency "
+                           "limit.", headers={"retry-after": "1"})
     started, outcome = time.perf_counter(), "error"
+    state.in_flight += 1
     try:
         result = await asyncio.to_thread(make, req)
         outcome = "ok"
         return result
     finally:
+        state.in_flight -= 1
         upstream.record(state.name, req.model, "render", 200 if outcome == "ok" else 0, outcome,
                         time.perf_counter() - started)
 

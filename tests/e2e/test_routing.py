@@ -290,3 +290,16 @@ async def test_requests_an_adapter_refuses_reach_a_later_openai_route(
         assert recorder.last.json["images"] == [{"file_id": "file-1"}]
     finally:
         await sdk.close()
+
+
+async def test_local_renders_keep_to_max_concurrency(gateway: Any) -> None:
+    client = await gateway(make_config({"providers": {
+        "local": {"type": "local", "max_concurrency": 1}}}))
+
+    async def one() -> int:
+        resp = await client.post("/v1/images/generations", json={
+            "model": "local", "prompt": "p", "size": "2048x2048"})
+        return resp.status
+
+    statuses = sorted(await asyncio.gather(*(one() for _ in range(3))))
+    assert statuses[0] == 200 and statuses[-1] == 429
