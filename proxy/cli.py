@@ -143,13 +143,16 @@ def supervise(config: Any, count: int) -> int:
 
     signal.signal(signal.SIGTERM, stop_workers)
     signal.signal(signal.SIGINT, stop_workers)
-    while any(w.is_alive() for w in workers):
-        multiprocessing.connection.wait([w.sentinel for w in workers if w.is_alive()])
-        dead = [w for w in workers if not w.is_alive()]
-        if dead and not stopping:
-            log.error("worker_died", pid=dead[0].pid, exitcode=dead[0].exitcode)
+    while True:
+        alive = [w for w in workers if w.is_alive()]  # is_alive() reaps: read it once a turn
+        if not alive:
+            break
+        if len(alive) < len(workers) and not stopping:
+            dead = next(w for w in workers if w not in alive)
+            log.error("worker_died", pid=dead.pid, exitcode=dead.exitcode)
             crashed = True
             stop_workers(signal.SIGTERM, None)
+        multiprocessing.connection.wait([w.sentinel for w in alive], timeout=1.0)
     for w in workers:
         w.join()
     return 1 if crashed else 0

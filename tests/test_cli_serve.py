@@ -79,3 +79,4 @@ def test_a_dead_worker_stops_the_gateway_with_an_error(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -7,10 +7,11 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 from PIL import Image
+
+from tests.upstreams import common
 
 API_KEY = "sk-upstream-secret"
 
@@ -36,11 +37,9 @@ class Part:
 
 
 @dataclass
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    json: Any = None
+class Received(common.Received):
+    """The shared record, plus the multipart parts and the JSON body's size."""
+
     parts: list[Part] = field(default_factory=list)
     body_size: int = 0
 
