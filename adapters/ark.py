@@ -9,9 +9,7 @@ from functools import partial
 from typing import Final
 
 import msgspec
-from msgspec import UNSET, UnsetType
-
-from adapters.ark_models import (
+from imagegate.adapters.ark_wire import (
     ArkError,
     ArkErrorEnvelope,
     ArkImage,
@@ -19,7 +17,7 @@ from adapters.ark_models import (
     ArkImagesResponse,
     Family,
 )
-from adapters.base import (
+from imagegate.adapters.base import (
     DROP,
     REJECT,
     Adapter,
@@ -38,8 +36,9 @@ from adapters.base import (
     sniff_mime,
     status_error,
 )
-from config.api import Usage
-from config.errors import GatewayError
+from imagegate.config.api import Usage
+from imagegate.config.errors import GatewayError
+from msgspec import UNSET, UnsetType
 
 PATH: Final = "/images/generations"  # generations and edits alike: `image` decides the mode
 CAPABILITIES = Capabilities(generate=True, edit=True, mask=False, images_per_call=1,

@@ -5,8 +5,8 @@ import math
 from collections.abc import Mapping
 from typing import Final, NamedTuple
 
-from adapters.base import ASPECT_RATIOS, image_size_class, nearest_ratio, parse_size
-from config.errors import GatewayError
+from imagegate.adapters.base import ASPECT_RATIOS, image_size_class, nearest_ratio, parse_size
+from imagegate.config.errors import GatewayError
 
 # Every OpenAI size, written out so the golden files can name each row. Other WxH sizes are
 # computed the same way: nearest supported ratio, class from the longer side (<=1536 is 1K).

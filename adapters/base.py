@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import msgspec
-
-from config.api import Usage
-from config.errors import GatewayError
+from imagegate.config.api import Usage
+from imagegate.config.errors import GatewayError
 
 Operation = Literal["generate", "edit"]
 DROP: Final = "drop"

@@ -7,10 +7,8 @@ from collections.abc import Mapping
 from typing import Final
 
 import msgspec
-from msgspec import UNSET, UnsetType
-
-from adapters.aspect import image_shape
-from adapters.base import (
+from imagegate.adapters.aspect import image_shape
+from imagegate.adapters.base import (
     DROP,
     REJECT,
     Adapter,
@@ -25,7 +23,7 @@ from adapters.base import (
     safe_message,
     status_error,
 )
-from adapters.gemini_models import (
+from imagegate.adapters.gemini_wire import (
     GeminiBlob,
     GeminiCandidate,
     GeminiContent,
@@ -39,8 +37,9 @@ from adapters.gemini_models import (
     GeminiResponse,
     GeminiUsage,
 )
-from config.api import Usage
-from config.errors import GatewayError
+from imagegate.config.api import Usage
+from imagegate.config.errors import GatewayError
+from msgspec import UNSET, UnsetType
 
 CAPABILITIES = Capabilities(generate=True, edit=True, mask=False, images_per_call=1)
 POLICY: dict[str, Policy] = {

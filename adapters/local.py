@@ -10,9 +10,7 @@ import textwrap
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
-
-from adapters.base import (
+from imagegate.adapters.base import (
     Adapter,
     Capabilities,
     GeneratedImage,
@@ -21,7 +19,8 @@ from adapters.base import (
     ProviderResult,
     parse_size,
 )
-from config.errors import GatewayError
+from imagegate.config.errors import GatewayError
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 CAPABILITIES = Capabilities(
     generate=True, edit=True, mask=True, images_per_call=10, max_input_images=16, formats=True

@@ -1,7 +1,7 @@
 """OpenAI: native, so requests are forwarded as bytes (proxy/handlers.py), never re-encoded."""
 from __future__ import annotations
 
-from adapters.base import Adapter, Capabilities
+from imagegate.adapters.base import Adapter, Capabilities
 
 CAPABILITIES = Capabilities(generate=True, edit=True, mask=True, images_per_call=10)
 ADAPTER = Adapter(type="openai", capabilities=CAPABILITIES, native=True)

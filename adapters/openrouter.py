@@ -5,10 +5,8 @@ from collections.abc import Mapping
 from typing import Final
 
 import msgspec
-from msgspec import UNSET, UnsetType
-
-from adapters.aspect import image_shape
-from adapters.base import (
+from imagegate.adapters.aspect import image_shape
+from imagegate.adapters.base import (
     DROP,
     REJECT,
     Adapter,
@@ -25,8 +23,9 @@ from adapters.base import (
     safe_message,
     status_error,
 )
-from config.api import Usage
-from config.errors import GatewayError
+from imagegate.config.api import Usage
+from imagegate.config.errors import GatewayError
+from msgspec import UNSET, UnsetType
 
 # HTTP-Referer / X-Title attribution is the provider config's `headers:`, added by the proxy.
 PATH: Final = "/chat/completions"  # generations and edits alike: image parts make an edit

@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import msgspec
-from msgspec import UNSET, UnsetType
-
-from adapters.base import (
+from imagegate.adapters.base import (
     DROP,
     REJECT,
     Adapter,
@@ -26,7 +24,8 @@ from adapters.base import (
     safe_message,
     status_error,
 )
-from config.errors import GatewayError
+from imagegate.config.errors import GatewayError
+from msgspec import UNSET, UnsetType
 
 PATH: Final = "/images/generations"
 CAPABILITIES = Capabilities(generate=True, edit=False, mask=False, images_per_call=1,

@@ -228,7 +228,7 @@ def healthy(port: int) -> bool:
 def start_gateway(config: Path, port: int, log: Path,
                   procs: list[subprocess.Popen[Any]]) -> tuple[subprocess.Popen[bytes], float]:
     """Spawns the gateway; start-up time runs from spawn until /healthz answers 200."""
-    cmd = [sys.executable, "-m", "proxy", "serve", "--config", str(config),
+    cmd = [sys.executable, "-m", "imagegate", "serve", "--config", str(config),
            "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out:  # a file, not a pipe: one log line per request never blocks
         started = time.perf_counter()

@@ -10,9 +10,8 @@ from typing import Any
 
 import msgspec
 import yaml
-
-from config.api import ImageGenerateRequest
-from config.schema import PROVIDER_TYPES, Config, ModelConfig, Provider
+from imagegate.config.api import ImageGenerateRequest
+from imagegate.config.schema import PROVIDER_TYPES, Config, ModelConfig, Provider
 
 EXAMPLES = Path(__file__).parent / "examples"
 DEFAULT_CONFIG = EXAMPLES / "default.yaml"

@@ -6,10 +6,9 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import hdrs, web
-
-from config.errors import GatewayError
-from config.schema import ApiKey, AuthConfig
-from middlewares.keys import API_KEY, KEY_ID
+from imagegate.config.errors import GatewayError
+from imagegate.config.schema import ApiKey, AuthConfig
+from imagegate.middlewares.keys import API_KEY, KEY_ID
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})

@@ -9,8 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
-
-from middlewares.keys import IMAGES, KEY_ID, MODEL, PROMPT, PROVIDER, REQUEST_ID
+from imagegate.middlewares.keys import IMAGES, KEY_ID, MODEL, PROMPT, PROVIDER, REQUEST_ID
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")

@@ -7,9 +7,8 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import structlog
 from aiohttp import web
-
-from config.api import ErrorBody, ErrorEnvelope
-from config.errors import GatewayError
+from imagegate.config.api import ErrorBody, ErrorEnvelope
+from imagegate.config.errors import GatewayError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("imagegate.errors")

@@ -5,8 +5,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-
-from config.schema import ApiKey, Config, ModelConfig
+from imagegate.config.schema import ApiKey, Config, ModelConfig
 
 
 class Routed(msgspec.Struct):

@@ -6,9 +6,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from imagegate.middlewares.keys import KEY_ID, MODEL
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-from middlewares.keys import KEY_ID, MODEL
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)

@@ -7,12 +7,11 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-
-from config.api import DEFAULT_MODEL, ImageEditJSONRequest, ImageGenerateRequest
-from config.errors import GatewayError
-from config.schema import Config, ModelConfig
-from middlewares.auth import check_model_allowed
-from middlewares.keys import MODEL, PROMPT, ROUTED, Routed
+from imagegate.config.api import DEFAULT_MODEL, ImageEditJSONRequest, ImageGenerateRequest
+from imagegate.config.errors import GatewayError
+from imagegate.config.schema import Config, ModelConfig
+from imagegate.middlewares.auth import check_model_allowed
+from imagegate.middlewares.keys import MODEL, PROMPT, ROUTED, Routed
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON_BODIES: dict[str, type[ImageGenerateRequest]] = {

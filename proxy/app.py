@@ -2,21 +2,20 @@
 from __future__ import annotations
 
 from aiohttp import web
+from imagegate.config.schema import Config
+from imagegate.middlewares.auth import auth_middleware
+from imagegate.middlewares.context import context_middleware, set_request_id_header
+from imagegate.middlewares.errors import errors_middleware
+from imagegate.middlewares.keys import CONFIG
+from imagegate.middlewares.metrics import Metrics, metrics_middleware
+from imagegate.middlewares.rewrite import rewrite_middleware
+from imagegate.proxy import handlers
+from imagegate.proxy.gateway import GATEWAY, Gateway
+from imagegate.proxy.routing import Router
+from imagegate.proxy.storage import ImageStore
 from prometheus_client import CollectorRegistry
 from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client.aiohttp import make_aiohttp_handler
-
-from config.schema import Config
-from middlewares.auth import auth_middleware
-from middlewares.context import context_middleware, set_request_id_header
-from middlewares.errors import errors_middleware
-from middlewares.keys import CONFIG
-from middlewares.metrics import Metrics, metrics_middleware
-from middlewares.rewrite import rewrite_middleware
-from proxy import handlers
-from proxy.gateway import GATEWAY, Gateway
-from proxy.routing import Router
-from proxy.storage import ImageStore
 
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None,

@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "hash-key":
         print(hashlib.sha256(args.key.encode()).hexdigest())
         return 0
-    from config.loader import ConfigError, load_config
+    from imagegate.config.loader import ConfigError, load_config
 
     path = args.path if args.command == "check-config" else (
         args.config or os.environ.get("IMAGEGATE_CONFIG"))
@@ -160,8 +160,7 @@ def supervise(config: Any, count: int) -> int:
 
 def run_worker(config: Any, multiprocess: bool) -> None:
     from aiohttp import web
-
-    from proxy.app import create_app
+    from imagegate.proxy.app import create_app
 
     configure_logging(config.server.log_level)
     log = structlog.get_logger("imagegate")

@@ -10,16 +10,15 @@ from typing import Any
 import aiohttp
 import msgspec
 from aiohttp import web
-
-from adapters.base import ImageRequest, InputImage, Operation, sniff_mime
-from config.api import ImagesResponse
-from config.errors import GatewayError
-from middlewares.keys import IMAGES, MODEL, PROVIDER, ROUTED, Routed
-from proxy import forms, images, sse
-from proxy.gateway import GATEWAY
-from proxy.relay import relay, rewrite_json, usage_of
-from proxy.routing import RouteState
-from proxy.upstream import AnswerBroken, ProviderState
+from imagegate.adapters.base import ImageRequest, InputImage, Operation, sniff_mime
+from imagegate.config.api import ImagesResponse
+from imagegate.config.errors import GatewayError
+from imagegate.middlewares.keys import IMAGES, MODEL, PROVIDER, ROUTED, Routed
+from imagegate.proxy import forms, images, sse
+from imagegate.proxy.gateway import GATEWAY
+from imagegate.proxy.relay import relay, rewrite_json, usage_of
+from imagegate.proxy.routing import RouteState
+from imagegate.proxy.upstream import AnswerBroken, ProviderState
 
 RETRYABLE = frozenset({"upstream_unavailable", "upstream_timeout", "upstream_auth_failed",
                        "upstream_rate_limited", "upstream_busy"})

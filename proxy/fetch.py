@@ -9,11 +9,10 @@ import socket
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from imagegate.adapters.base import InputImage, sniff_mime
+from imagegate.config.errors import GatewayError
+from imagegate.config.schema import FetchConfig
 from yarl import URL
-
-from adapters.base import InputImage, sniff_mime
-from config.errors import GatewayError
-from config.schema import FetchConfig
 
 MAX_REDIRECTS = 3
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -7,17 +7,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-
-from config.api import Usage
-from config.schema import Config
-from middlewares.metrics import Metrics
-from middlewares.rewrite import ModelTable
-from proxy.fetch import Fetcher
-from proxy.images import Finisher
-from proxy.routing import Router, RouteState
-from proxy.shared import SharedRests
-from proxy.storage import ImageStore
-from proxy.upstream import Upstream
+from imagegate.config.api import Usage
+from imagegate.config.schema import Config
+from imagegate.middlewares.metrics import Metrics
+from imagegate.middlewares.rewrite import ModelTable
+from imagegate.proxy.fetch import Fetcher
+from imagegate.proxy.images import Finisher
+from imagegate.proxy.rests import SharedRests
+from imagegate.proxy.routing import Router, RouteState
+from imagegate.proxy.storage import ImageStore
+from imagegate.proxy.upstream import Upstream
 
 
 class Gateway:

@@ -6,20 +6,19 @@ import os
 
 import msgspec
 from aiohttp import web
-
-from adapters.base import ImageRequest, InputImage, Operation
-from config.api import ImageEditForm, ImageEditJSONRequest, ImageURL, Model, ModelList
-from config.errors import GatewayError
-from middlewares.auth import allowed_models, check_model_allowed
-from middlewares.keys import MODEL, PROMPT, ROUTED, Routed
-from middlewares.rewrite import (
+from imagegate.adapters.base import ImageRequest, InputImage, Operation
+from imagegate.config.api import ImageEditForm, ImageEditJSONRequest, ImageURL, Model, ModelList
+from imagegate.config.errors import GatewayError
+from imagegate.middlewares.auth import allowed_models, check_model_allowed
+from imagegate.middlewares.keys import MODEL, PROMPT, ROUTED, Routed
+from imagegate.middlewares.rewrite import (
     PROMPT_LOG_CHARS,
     apply_defaults,
     check_fields,
     validation_error,
 )
-from proxy import forms
-from proxy.dispatch import (
+from imagegate.proxy import forms
+from imagegate.proxy.dispatch import (
     Unsuitable,
     forward_collected,
     forward_json,
@@ -29,8 +28,8 @@ from proxy.dispatch import (
     unknown_fields,
     unknown_json_fields,
 )
-from proxy.gateway import GATEWAY, Gateway
-from proxy.routing import RouteState
+from imagegate.proxy.gateway import GATEWAY, Gateway
+from imagegate.proxy.routing import RouteState
 
 _models_cache: dict[tuple[str, ...], bytes] = {}  # key: the names a caller may use
 

@@ -11,9 +11,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 import structlog
 from aiohttp import web
-from PIL import Image as PILImage
-
-from adapters.base import (
+from imagegate.adapters.base import (
     GeneratedImage,
     ImageRequest,
     ProviderResult,
@@ -21,11 +19,12 @@ from adapters.base import (
     UpstreamResponse,
     sniff_mime,
 )
-from config.api import Image, ImagesResponse, Usage
-from config.errors import GatewayError
-from proxy.fetch import Fetcher
-from proxy.storage import ImageStore
-from proxy.upstream import ProviderState, Upstream
+from imagegate.config.api import Image, ImagesResponse, Usage
+from imagegate.config.errors import GatewayError
+from imagegate.proxy.fetch import Fetcher
+from imagegate.proxy.storage import ImageStore
+from imagegate.proxy.upstream import ProviderState, Upstream
+from PIL import Image as PILImage
 
 log = structlog.get_logger("imagegate.images")
 MIMES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}

@@ -8,11 +8,10 @@ import aiohttp
 import msgspec
 import structlog
 from aiohttp import web
-
-from adapters.base import safe_message, status_error
-from config.api import ErrorEnvelope, Usage
-from config.errors import GatewayError
-from proxy.upstream import AnswerBroken
+from imagegate.adapters.base import safe_message, status_error
+from imagegate.config.api import ErrorEnvelope, Usage
+from imagegate.config.errors import GatewayError
+from imagegate.proxy.upstream import AnswerBroken
 
 RELAY_WHOLE_BYTES = 4 * 1024 * 1024  # answers up to this are read whole; larger ones stream
 # not OpenAI's x-ratelimit-*: they describe the gateway's account, not the caller's key

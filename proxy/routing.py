@@ -6,9 +6,9 @@ import random
 import time
 from collections.abc import Callable
 
-from config.errors import GatewayError
-from config.schema import Config, Route
-from middlewares.metrics import Metrics
+from imagegate.config.errors import GatewayError
+from imagegate.config.schema import Config, Route
+from imagegate.middlewares.metrics import Metrics
 
 FAILURES_BEFORE_REST = 3  # consecutive failures that send a route to rest for cooldown_s
 

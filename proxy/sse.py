@@ -10,10 +10,9 @@ from typing import Any
 import msgspec
 import structlog
 from aiohttp import web
-
-from adapters.base import ImageRequest, sniff_mime
-from config.api import ErrorBody, Image, ImagesResponse, ImageStreamEvent, Usage
-from config.errors import GatewayError
+from imagegate.adapters.base import ImageRequest, sniff_mime
+from imagegate.config.api import ErrorBody, Image, ImagesResponse, ImageStreamEvent, Usage
+from imagegate.config.errors import GatewayError
 
 KEEPALIVE = b": keep-alive\n\n"
 log = structlog.get_logger("imagegate.sse")

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-
-from config.errors import GatewayError
-from config.schema import StorageConfig
+from imagegate.config.errors import GatewayError
+from imagegate.config.schema import StorageConfig
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp", "image/gif": "gif"}
 CONTENT_TYPES = {ext: mime for mime, ext in EXTENSIONS.items()}

@@ -9,12 +9,11 @@ from typing import Any
 
 import aiohttp
 import structlog
-
-from adapters import ADAPTERS
-from adapters.base import Adapter
-from config.errors import GatewayError
-from config.schema import Config, Provider
-from middlewares.metrics import Metrics
+from imagegate.adapters import ADAPTERS
+from imagegate.adapters.base import Adapter
+from imagegate.config.errors import GatewayError
+from imagegate.config.schema import Config, Provider
+from imagegate.middlewares.metrics import Metrics
 
 log = structlog.get_logger("imagegate.upstream")
 

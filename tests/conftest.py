@@ -6,11 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from imagegate.config.loader import parse_config
+from imagegate.config.schema import Config
+from imagegate.proxy.app import create_app
 from prometheus_client import CollectorRegistry
 
-from config.loader import parse_config
-from config.schema import Config
-from proxy.app import create_app
 from tests.upstreams import openai as openai_mock
 
 GATEWAY_KEY = "ig-test-key-team-a"

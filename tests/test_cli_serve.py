@@ -41,7 +41,7 @@ def post_json(url: str, body: dict) -> dict:
 def test_two_workers_serve_each_others_links(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "IMAGEGATE_STORAGE_PATH": str(tmp_path / "images")}
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "imagegate", "serve", "--port", str(port),
                              "--workers", "2"], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -68,7 +68,7 @@ def test_two_workers_serve_each_others_links(tmp_path: Path) -> None:
 
 def test_a_dead_worker_stops_the_gateway_with_an_error(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "imagegate", "serve", "--port", str(port),
                              "--workers", "2"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:

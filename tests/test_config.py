@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from config.loader import ConfigError, load_config, parse_config
-from proxy.cli import main
+from imagegate.config.loader import ConfigError, load_config, parse_config
+from imagegate.proxy.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +78,7 @@ def test_check_config_fails_with_path(capsys: pytest.CaptureFixture[str], tmp_pa
 
 
 def test_hash_key_and_python_dash_m() -> None:
-    out = subprocess.run([sys.executable, "-m", "proxy", "hash-key", "abc"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "imagegate", "hash-key", "abc"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 

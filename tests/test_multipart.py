@@ -6,9 +6,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-
-from config.errors import GatewayError
-from proxy.multipart import boundary_of, scan
+from imagegate.config.errors import GatewayError
+from imagegate.proxy.multipart import boundary_of, scan
 
 BOUNDARY = "b0undary-XYZ"
 

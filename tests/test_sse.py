@@ -5,12 +5,11 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
-
-from adapters.base import ImageRequest
-from config.api import Image, ImagesResponse
-from config.errors import GatewayError
-from middlewares.errors import errors_middleware
-from proxy.sse import stream_images
+from imagegate.adapters.base import ImageRequest
+from imagegate.config.api import Image, ImagesResponse
+from imagegate.config.errors import GatewayError
+from imagegate.middlewares.errors import errors_middleware
+from imagegate.proxy.sse import stream_images
 
 REQ = ImageRequest(operation="generate", model="m", prompt="p")
 

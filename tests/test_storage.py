@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from config.schema import StorageConfig
-from proxy.storage import ImageStore
+from imagegate.config.schema import StorageConfig
+from imagegate.proxy.storage import ImageStore
 
 
 class Clock:
@@ -67,8 +67,8 @@ async def test_sweep_removes_expired_files(tmp_path: Path) -> None:
 
 
 def test_link_base_follows_the_served_address() -> None:
-    from config.loader import parse_config
-    from proxy.gateway import public_base_url
+    from imagegate.config.loader import parse_config
+    from imagegate.proxy.gateway import public_base_url
 
     def base(server: dict) -> str | None:
         return public_base_url(parse_config({"server": server}, env={}))

@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession
+from imagegate.adapters.base import InputImage, UpstreamRequest, UpstreamResponse
+from imagegate.config.errors import GatewayError
 from PIL import Image
-
-from adapters.base import InputImage, UpstreamRequest, UpstreamResponse
-from config.errors import GatewayError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 KINDS = ("encode", "encode_error", "decode", "decode_error")

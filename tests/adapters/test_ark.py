@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession
+from imagegate.adapters import ark
+from imagegate.adapters.base import ImageRequest, UpstreamRequest, bearer
+from imagegate.config.errors import GatewayError
 from PIL import Image
 
-from adapters import ark
-from adapters.base import ImageRequest, UpstreamRequest, bearer
-from config.errors import GatewayError
 from tests.adapters.golden import KINDS, call, load_cases, real_image
 from tests.upstreams.ark import API_KEY, Recorder, make_app
 

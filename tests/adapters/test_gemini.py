@@ -6,10 +6,10 @@ import json
 from typing import Any
 
 import pytest
+from imagegate.adapters import gemini
+from imagegate.adapters.base import ImageRequest, UpstreamRequest
+from imagegate.config.errors import GatewayError
 
-from adapters import gemini
-from adapters.base import ImageRequest, UpstreamRequest
-from config.errors import GatewayError
 from tests.adapters.golden import KINDS, call, load_cases, real_image
 from tests.upstreams.gemini import API_KEY, DRAFT_PNG, FINAL_PNG, JPEG, Recorder, make_app
 

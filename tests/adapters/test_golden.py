@@ -7,10 +7,10 @@ from typing import Any
 
 import msgspec
 import pytest
+from imagegate.adapters import ark, gemini, openrouter, zai
+from imagegate.adapters.base import ImageRequest
+from imagegate.config.errors import GatewayError
 
-from adapters import ark, gemini, openrouter, zai
-from adapters.base import ImageRequest
-from config.errors import GatewayError
 from tests.adapters.golden import assert_error, cases, load_cases, plain, upstream_response
 
 ADAPTERS: dict[str, ModuleType] = {"ark": ark, "zai": zai, "openrouter": openrouter,

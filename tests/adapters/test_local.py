@@ -6,11 +6,10 @@ import io
 import random
 
 import pytest
+from imagegate.adapters import local
+from imagegate.adapters.base import ImageRequest, InputImage, ProviderResult
+from imagegate.config.errors import GatewayError
 from PIL import Image, ImageChops
-
-from adapters import local
-from adapters.base import ImageRequest, InputImage, ProviderResult
-from config.errors import GatewayError
 
 INPUT_SIZE = (64, 48)
 BOX = (16, 8, 40, 32)  # the mask's transparent area, in input pixels

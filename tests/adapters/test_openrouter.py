@@ -8,10 +8,8 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession
-from PIL import Image
-
-from adapters import aspect, openrouter
-from adapters.base import (
+from imagegate.adapters import aspect, openrouter
+from imagegate.adapters.base import (
     ImageRequest,
     UpstreamRequest,
     bearer,
@@ -19,7 +17,9 @@ from adapters.base import (
     nearest_ratio,
     parse_size,
 )
-from config.errors import GatewayError
+from imagegate.config.errors import GatewayError
+from PIL import Image
+
 from tests.adapters.golden import KINDS, call, load_cases, real_image
 from tests.upstreams.openrouter import API_KEY, PNG, Recorder, make_app
 

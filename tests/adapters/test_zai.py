@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession
+from imagegate.adapters import zai
+from imagegate.adapters.base import ImageRequest, UpstreamRequest, bearer
+from imagegate.config.errors import GatewayError
 from PIL import Image
 
-from adapters import zai
-from adapters.base import ImageRequest, UpstreamRequest, bearer
-from config.errors import GatewayError
 from tests.adapters.golden import KINDS, call, load_cases
 from tests.upstreams.zai import API_KEY, Recorder, make_app
 

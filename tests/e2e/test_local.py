@@ -7,9 +7,9 @@ from typing import Any
 
 import openai
 import pytest
+from imagegate.config.loader import load_config
 from PIL import Image
 
-from config.loader import load_config
 from tests.conftest import make_config
 
 

@@ -31,7 +31,8 @@ async def test_url_images_live_in_redis_and_readyz_follows_it(gateway: Any, tmp_
 
 async def test_a_route_rested_on_one_gateway_rests_on_all(gateway: Any, tmp_path: Any,
                                                           openai_upstream: Any) -> None:
-    from proxy.gateway import GATEWAY
+    from imagegate.proxy.gateway import GATEWAY
+
     from tests.upstreams.openai import API_KEY
 
     recorder, base = openai_upstream

@@ -9,13 +9,13 @@ import aiohttp
 import openai
 import pytest
 from aiohttp import web
+from imagegate.middlewares.metrics import Metrics
+from imagegate.proxy.app import create_app
+from imagegate.proxy.routing import Router
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from middlewares.metrics import Metrics
-from proxy.app import create_app
-from proxy.routing import Router
 from tests.conftest import make_config
 from tests.redis_server import free_port
 from tests.upstreams import openai as openai_mock
@@ -140,7 +140,7 @@ async def test_unreachable_and_slow_providers(gateway: Any, openai_upstream: Any
 async def test_unexpected_failures_are_a_generic_500(gateway: Any, monkeypatch: Any) -> None:
     import dataclasses
 
-    from adapters import ADAPTERS
+    from imagegate.adapters import ADAPTERS
 
     def broken(req: Any) -> Any:
         raise RuntimeError("internal detail /srv/secret")

@@ -5,8 +5,7 @@ import asyncio
 from typing import Any
 
 import structlog
-
-from proxy.routing import Router, RouteState
+from imagegate.proxy.routing import Router, RouteState
 
 PREFIX = "imagegate:rest:"
 log = structlog.get_logger("imagegate.shared")
