@@ -1,6 +1,7 @@
 """Shared fixtures: configs, the gateway app on loopback, mock upstreams, a no-network guard."""
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,11 @@ from imagegate.proxy.app import create_app
 from prometheus_client import CollectorRegistry
 
 from tests.upstreams import openai as openai_mock
+
+# gateway processes the tests start (`python -m imagegate`) run this checkout's code, wherever
+# their working directory is and whatever copy is installed
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
 
 GATEWAY_KEY = "ig-test-key-team-a"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
