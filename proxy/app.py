@@ -4,6 +4,7 @@ from __future__ import annotations
 from aiohttp import web
 from imagegate.config.schema import Config
 from imagegate.middlewares.auth import auth_middleware
+from imagegate.middlewares.body import body_middleware, expect_handler
 from imagegate.middlewares.context import context_middleware, set_request_id_header
 from imagegate.middlewares.errors import errors_middleware
 from imagegate.middlewares.headers import enforce_safe_headers
@@ -31,6 +32,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
         context_middleware(),
         metrics_middleware(metrics),
         errors_middleware(),  # inside context/metrics: they see every final status
+        body_middleware(config.server.max_request_bytes),  # 413 / 415 before any body is read
         auth_middleware(config.auth),
         # rate limits take their place here, between auth and rewrite
         rewrite_middleware(config, gateway.models),
@@ -42,15 +44,17 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.on_response_prepare.append(set_request_id_header)
     app.on_startup.append(_last_response_hook)
     app.cleanup_ctx.append(gateway.lifecycle)
-    app.router.add_post("/v1/images/generations", handlers.generations)
-    app.router.add_post("/v1/images/edits", handlers.edits)
-    app.router.add_post("/v1/images/variations", handlers.variations)
-    app.router.add_get("/v1/models", handlers.list_models)
-    app.router.add_get("/v1/models/{model}", handlers.get_model)
-    app.router.add_get("/v1/images/files/{name}", handlers.hosted_file)
-    app.router.add_get("/metrics", make_aiohttp_handler(_exposed_registry(metrics, multiprocess)))
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
+    expect = expect_handler(config.server.max_request_bytes)
+    app.router.add_post("/v1/images/generations", handlers.generations, expect_handler=expect)
+    app.router.add_post("/v1/images/edits", handlers.edits, expect_handler=expect)
+    app.router.add_post("/v1/images/variations", handlers.variations, expect_handler=expect)
+    app.router.add_get("/v1/models", handlers.list_models, expect_handler=expect)
+    app.router.add_get("/v1/models/{model}", handlers.get_model, expect_handler=expect)
+    app.router.add_get("/v1/images/files/{name}", handlers.hosted_file, expect_handler=expect)
+    app.router.add_get("/metrics", make_aiohttp_handler(_exposed_registry(metrics, multiprocess)),
+                       expect_handler=expect)
+    app.router.add_get("/healthz", handlers.healthz, expect_handler=expect)
+    app.router.add_get("/readyz", handlers.readyz, expect_handler=expect)
     return app
 
 
