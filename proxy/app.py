@@ -8,8 +8,8 @@ from imagegate.middlewares.context import context_middleware, set_request_id_hea
 from imagegate.middlewares.errors import errors_middleware
 from imagegate.middlewares.keys import CONFIG
 from imagegate.middlewares.metrics import Metrics, metrics_middleware
-from imagegate.middlewares.rewrite import rewrite_middleware
-from imagegate.proxy import handlers
+from imagegate.middlewares.parse import rewrite_middleware
+from imagegate.proxy import endpoints
 from imagegate.proxy.gateway import GATEWAY, Gateway
 from imagegate.proxy.routing import Router
 from imagegate.proxy.storage import ImageStore
@@ -38,15 +38,15 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app[GATEWAY] = gateway
     app.on_response_prepare.append(set_request_id_header)
     app.cleanup_ctx.append(gateway.lifecycle)
-    app.router.add_post("/v1/images/generations", handlers.generations)
-    app.router.add_post("/v1/images/edits", handlers.edits)
-    app.router.add_post("/v1/images/variations", handlers.variations)
-    app.router.add_get("/v1/models", handlers.list_models)
-    app.router.add_get("/v1/models/{model}", handlers.get_model)
-    app.router.add_get("/v1/images/files/{name}", handlers.hosted_file)
+    app.router.add_post("/v1/images/generations", endpoints.generations)
+    app.router.add_post("/v1/images/edits", endpoints.edits)
+    app.router.add_post("/v1/images/variations", endpoints.variations)
+    app.router.add_get("/v1/models", endpoints.list_models)
+    app.router.add_get("/v1/models/{model}", endpoints.get_model)
+    app.router.add_get("/v1/images/files/{name}", endpoints.hosted_file)
     app.router.add_get("/metrics", make_aiohttp_handler(_exposed_registry(metrics, multiprocess)))
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/healthz", endpoints.healthz)
+    app.router.add_get("/readyz", endpoints.readyz)
     return app
 
 

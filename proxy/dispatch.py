@@ -10,13 +10,15 @@ from typing import Any
 import aiohttp
 import msgspec
 from aiohttp import web
-from imagegate.adapters.base import ImageRequest, InputImage, Operation, sniff_mime
+from imagegate.adapters.base import ImageRequest, Operation
 from imagegate.config.api import ImagesResponse
 from imagegate.config.errors import GatewayError
+from imagegate.config.images import InputImage, sniff_mime
+from imagegate.middlewares import forms
 from imagegate.middlewares.keys import IMAGES, MODEL, PROVIDER, ROUTED, Routed
-from imagegate.proxy import forms, images, sse
+from imagegate.proxy import finish, sse
 from imagegate.proxy.gateway import GATEWAY
-from imagegate.proxy.relay import relay, rewrite_json, usage_of
+from imagegate.proxy.passthrough import relay, rewrite_json, usage_of
 from imagegate.proxy.routing import RouteState
 from imagegate.proxy.upstream import AnswerBroken, ProviderState
 
@@ -84,8 +86,8 @@ class Unsuitable(Exception):
 def prepare(state: ProviderState, req: ImageRequest) -> tuple[list[Any], tuple[str, ...]]:
     """The provider requests of one route, checked before anything is sent."""
     try:
-        images.check_capabilities(state, req)
-        encoded, dropped = images.encode_calls(state, req)
+        finish.check_capabilities(state, req)
+        encoded, dropped = finish.encode_calls(state, req)
     except GatewayError as error:
         if error.code != "invalid_value":
             raise
@@ -181,14 +183,14 @@ async def answer_adapted(request: web.Request, route: RouteState, state: Provide
     body, failed = await work
     if failed:
         headers["x-imagegate-failed-images"] = str(failed)
-    return images.json_response(body, headers)
+    return finish.json_response(body, headers)
 
 
 async def produce(request: web.Request, route: RouteState, state: ProviderState,
                   req: ImageRequest, encoded: list[Any]) -> tuple[ImagesResponse, int]:
     """Calls the provider, then normalises: the answer and how many images failed."""
     gw = request.app[GATEWAY]
-    results = await images.call_provider(gw.upstream, state, req, encoded)
+    results = await finish.call_provider(gw.upstream, state, req, encoded)
     # a provider that answers more images than asked (an OpenRouter model replying with two)
     # still gives the client exactly n
     generated = [img for r in results for img in r.images][: req.n]
@@ -206,7 +208,7 @@ async def produce(request: web.Request, route: RouteState, state: ProviderState,
     if not data:
         raise lost[0]  # an image that failed to download does not sink the others
     created = max(r.created for r in results) or int(time.time())
-    usage = images.sum_usage(results)
+    usage = finish.sum_usage(results)
     body = ImagesResponse(created=created, data=data,
                           usage=usage if usage is not None else msgspec.UNSET)
     gw.count_images(request[MODEL], route.provider, len(data), usage)
@@ -266,13 +268,13 @@ async def host_images(request: web.Request, raw: bytes) -> web.Response:
             try:
                 data = base64.b64decode(item.b64_json, validate=True)
             except ValueError:  # binascii.Error is a ValueError
-                raise images.bad_image() from None
+                raise finish.bad_image() from None
             mime = sniff_mime(data[:16])
             if mime is None:
-                raise images.bad_image()
+                raise finish.bad_image()
             name, query = await gw.store.save(data, mime)
             item.url, item.b64_json = f"{base}/v1/images/files/{name}?{query}", msgspec.UNSET
-    return images.json_response(answer, {})
+    return finish.json_response(answer, {})
 
 
 async def forward_multipart(request: web.Request, route: RouteState, form: forms.Form,

@@ -10,9 +10,9 @@ from aiohttp import web
 from imagegate.config.api import Usage
 from imagegate.config.schema import Config
 from imagegate.middlewares.metrics import Metrics
-from imagegate.middlewares.rewrite import ModelTable
+from imagegate.middlewares.parse import ModelTable
 from imagegate.proxy.fetch import Fetcher
-from imagegate.proxy.images import Finisher
+from imagegate.proxy.finish import Finisher
 from imagegate.proxy.rests import SharedRests
 from imagegate.proxy.routing import Router, RouteState
 from imagegate.proxy.storage import ImageStore

@@ -10,9 +10,10 @@ from typing import Any
 import msgspec
 import structlog
 from aiohttp import web
-from imagegate.adapters.base import ImageRequest, sniff_mime
+from imagegate.adapters.base import ImageRequest
 from imagegate.config.api import ErrorBody, Image, ImagesResponse, ImageStreamEvent, Usage
 from imagegate.config.errors import GatewayError
+from imagegate.config.images import sniff_mime
 
 KEEPALIVE = b": keep-alive\n\n"
 log = structlog.get_logger("imagegate.sse")

@@ -17,10 +17,10 @@ from imagegate.adapters.base import (
     ProviderResult,
     UpstreamRequest,
     UpstreamResponse,
-    sniff_mime,
 )
 from imagegate.config.api import Image, ImagesResponse, Usage
 from imagegate.config.errors import GatewayError
+from imagegate.config.images import sniff_mime
 from imagegate.proxy.fetch import Fetcher
 from imagegate.proxy.storage import ImageStore
 from imagegate.proxy.upstream import ProviderState, Upstream

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from aiohttp import web
-from imagegate.adapters.base import InputImage, sniff_mime
 from imagegate.config.errors import GatewayError
-from imagegate.proxy.multipart import Event, PartInfo, boundary_of, scan
+from imagegate.config.images import InputImage, sniff_mime
+from imagegate.middlewares.multipart import Event, PartInfo, boundary_of, scan
 
 CHUNK = 256 * 1024
 MAX_TEXT_BYTES = 1024 * 1024  # all text fields together; prompts are at most 32000 chars

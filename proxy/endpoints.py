@@ -6,18 +6,19 @@ import os
 
 import msgspec
 from aiohttp import web
-from imagegate.adapters.base import ImageRequest, InputImage, Operation
+from imagegate.adapters.base import ImageRequest, Operation
 from imagegate.config.api import ImageEditForm, ImageEditJSONRequest, ImageURL, Model, ModelList
 from imagegate.config.errors import GatewayError
+from imagegate.config.images import InputImage
+from imagegate.middlewares import forms
 from imagegate.middlewares.auth import allowed_models, check_model_allowed
 from imagegate.middlewares.keys import MODEL, PROMPT, ROUTED, Routed
-from imagegate.middlewares.rewrite import (
+from imagegate.middlewares.parse import (
     PROMPT_LOG_CHARS,
     apply_defaults,
     check_fields,
     validation_error,
 )
-from imagegate.proxy import forms
 from imagegate.proxy.dispatch import (
     Unsuitable,
     forward_collected,
