@@ -1,4 +1,6 @@
-"""Request rewriting: JSON bodies decoded once, model aliases resolved, model `defaults` filled."""
+"""Request parsing (DESIGN's "rewrite" step): the head of every images POST read once (JSON whole,
+a multipart form up to its first file), the model and its aliases resolved, the key's allowlist
+checked and the model's defaults filled, handed on as one `ParsedRequest`."""
 from __future__ import annotations
 
 import re
@@ -7,21 +9,30 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from imagegate.config.api import DEFAULT_MODEL, ImageEditJSONRequest, ImageGenerateRequest
+from imagegate.config.api import (
+    DEFAULT_MODEL,
+    ImageEditForm,
+    ImageEditJSONRequest,
+    ImageGenerateRequest,
+)
 from imagegate.config.errors import GatewayError
 from imagegate.config.schema import Config, ModelConfig
 from imagegate.middlewares.auth import check_model_allowed
-from imagegate.middlewares.keys import MODEL, PROMPT, ROUTED, Routed
+from imagegate.middlewares.forms import Form, read_form
+from imagegate.middlewares.keys import MODEL, PARSED, PROMPT, ParsedRequest
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-JSON_BODIES: dict[str, type[ImageGenerateRequest]] = {
-    "/v1/images/generations": ImageGenerateRequest,
-    "/v1/images/edits": ImageEditJSONRequest,
+# path -> (endpoint, the JSON body type or None, whether multipart is accepted)
+ENDPOINTS: dict[str, tuple[str, type[Any] | None, bool]] = {
+    "/v1/images/generations": ("generations", ImageGenerateRequest, False),
+    "/v1/images/edits": ("edits", ImageEditJSONRequest, True),
+    "/v1/images/variations": ("variations", None, True),
 }
 _SIZE = re.compile(r"auto|[1-4]K|([1-9][0-9]{0,3})x([1-9][0-9]{0,3})")
 _AT = re.compile(r" - at `\$\.?(.*)`$")
 MAX_SIDE = 4096
 PROMPT_LOG_CHARS = 1000
+VARIATION_PROMPT = "variation"  # variations have no prompt; adapters never see one
 
 
 class ModelTable:
@@ -62,7 +73,7 @@ def validation_error(exc: msgspec.ValidationError) -> GatewayError:
 
 
 def check_fields(body: Any) -> None:
-    """Checks msgspec's types cannot express (shared by JSON and multipart bodies)."""
+    """Checks msgspec's types cannot express (JSON and multipart bodies alike)."""
     size = body.size
     if size is not None:
         m = _SIZE.fullmatch(size)
@@ -86,47 +97,85 @@ def apply_defaults(body: Any, defaults: Mapping[str, Any]) -> tuple[Any, dict[st
     return (msgspec.structs.replace(body, **filled) if filled else body), filled
 
 
-_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+class BodyDecoders:
+    """One msgspec decoder per body type, built once."""
+
+    def __init__(self) -> None:
+        self._decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+    def decode(self, raw: bytes, typ: type[Any]) -> Any:
+        decoder = self._decoders.get(typ)
+        if decoder is None:
+            decoder = self._decoders[typ] = msgspec.json.Decoder(typ)
+        try:
+            body = decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            raise validation_error(exc) from None
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise GatewayError(
+                "invalid_value", "We could not parse the JSON body of your request."
+            ) from None
+        check_fields(body)
+        return body
 
 
-def decode_body(raw: bytes, typ: type[Any]) -> Any:
-    decoder = _DECODERS.get(typ)
-    if decoder is None:
-        decoder = _DECODERS[typ] = msgspec.json.Decoder(typ)
+def parse_form_fields(fields: dict[str, str]) -> ImageEditForm:
+    """The text fields of a multipart form, typed (strings converted as the SDK sends them)."""
     try:
-        body = decoder.decode(raw)
+        form = msgspec.convert(fields, ImageEditForm, strict=False)
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from None
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        raise GatewayError(
-            "invalid_value", "We could not parse the JSON body of your request."
-        ) from None
-    check_fields(body)
-    return body
+    check_fields(form)
+    return form
 
 
-def rewrite_middleware(config: Config, table: ModelTable) -> Callable[..., Awaitable[Any]]:
+def parse_middleware(config: Config, table: ModelTable) -> Callable[..., Awaitable[Any]]:
     log_prompts = config.server.log_prompts
-    @web.middleware
-    async def rewrite_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
-        typ = JSON_BODIES.get(request.path)
-        if typ is None or request.method != "POST":
-            return await handler(request)
-        if request.content_type != "application/json":
-            if typ is ImageGenerateRequest:
-                raise GatewayError("invalid_value", "Send the request body as JSON "
-                                   "(Content-Type: application/json).")
-            return await handler(request)  # edits may be multipart: the handler reads those
-        raw = await request.read()  # client_max_size turns an oversize body into 413 here
-        body = decode_body(raw, typ)
+    max_bytes = config.server.max_request_bytes
+    decoders = BodyDecoders()
+
+    def parsed(request: web.Request, endpoint: str, body: Any, raw: bytes | None,
+               form: Form | None) -> ParsedRequest:
         public, model_config = table.resolve(body.model)
         request[MODEL] = public
         check_model_allowed(request, public)
         body, filled = apply_defaults(body, model_config.defaults)
         if log_prompts:
             request[PROMPT] = body.prompt[:PROMPT_LOG_CHARS]
-        rewritten = bool(filled) or body.model != public
-        request[ROUTED] = Routed(public, model_config, body, raw, rewritten, filled)
-        return await handler(request)
+        return ParsedRequest(endpoint, public, model_config, body.n or 1, bool(body.stream),
+                             body, raw, form, filled)
 
-    return rewrite_mw
+    @web.middleware
+    async def parse_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+        found = ENDPOINTS.get(request.path)
+        if found is None or request.method != "POST":
+            return await handler(request)
+        endpoint, json_type, multipart = found
+        ctype = request.content_type
+        if json_type is not None and ctype == "application/json":
+            raw = await request.read()  # client_max_size turns an oversize body into 413 here
+            request[PARSED] = parsed(request, endpoint, decoders.decode(raw, json_type), raw,
+                                     None)
+            return await handler(request)
+        if not multipart or ctype != "multipart/form-data":
+            raise GatewayError("invalid_value", _wrong_type(endpoint))
+        needed = ("model",) if endpoint == "variations" else ("model", "prompt")
+        form = await read_form(request, max_bytes, needed)
+        try:
+            if endpoint == "variations":
+                form.fields.setdefault("prompt", VARIATION_PROMPT)
+            body = parse_form_fields(form.fields)
+            request[PARSED] = parsed(request, endpoint, body, None, form)
+            return await handler(request)
+        finally:
+            form.close()
+
+    return parse_mw
+
+
+def _wrong_type(endpoint: str) -> str:
+    if endpoint == "generations":
+        return "Send the request body as JSON (Content-Type: application/json)."
+    if endpoint == "edits":
+        return "Send the edit as multipart/form-data or as JSON."
+    return "Send the variation as multipart/form-data."

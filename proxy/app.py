@@ -8,7 +8,7 @@ from imagegate.middlewares.context import context_middleware, set_request_id_hea
 from imagegate.middlewares.errors import errors_middleware
 from imagegate.middlewares.keys import CONFIG
 from imagegate.middlewares.metrics import Metrics, metrics_middleware
-from imagegate.middlewares.parse import rewrite_middleware
+from imagegate.middlewares.parse import parse_middleware
 from imagegate.proxy import endpoints
 from imagegate.proxy.gateway import GATEWAY, Gateway
 from imagegate.proxy.routing import Router
@@ -24,13 +24,21 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry, multiprocess=multiprocess)
     gateway = Gateway(config, metrics, router, store, rest_sync_s)
+    # The order is fixed here and only here:
+    # - context and metrics outermost, errors inside them: the access log and requests_total
+    #   see every final status, errors included;
+    # - auth before anything reads the body: an unknown key costs no parsing;
+    # - parse (DESIGN's rewrite step) before the usage layers: rate limits count `n` and apply
+    #   per-model overrides, and both are known only once the body's head is read and the
+    #   model's aliases and defaults resolved; parse also checks the key's model allowlist;
+    # - idempotency and rate limits (when they exist) then sit between parse and the handler,
+    #   idempotency first, so a replayed answer consumes no limit.
     middlewares = [
         context_middleware(),
         metrics_middleware(metrics),
-        errors_middleware(),  # inside context/metrics: they see every final status
+        errors_middleware(),
         auth_middleware(config.auth),
-        # rate limits take their place here, between auth and rewrite
-        rewrite_middleware(config, gateway.models),
+        parse_middleware(config, gateway.models),
     ]
     app = web.Application(middlewares=middlewares,
                           client_max_size=config.server.max_request_bytes)
@@ -38,9 +46,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app[GATEWAY] = gateway
     app.on_response_prepare.append(set_request_id_header)
     app.cleanup_ctx.append(gateway.lifecycle)
-    app.router.add_post("/v1/images/generations", endpoints.generations)
-    app.router.add_post("/v1/images/edits", endpoints.edits)
-    app.router.add_post("/v1/images/variations", endpoints.variations)
+    for path in ("generations", "edits", "variations"):
+        app.router.add_post(f"/v1/images/{path}", endpoints.images)
     app.router.add_get("/v1/models", endpoints.list_models)
     app.router.add_get("/v1/models/{model}", endpoints.get_model)
     app.router.add_get("/v1/images/files/{name}", endpoints.hosted_file)

@@ -1,12 +1,11 @@
-"""Adapted routes: n fan-out, provider calls, then answers normalised (format, url/b64, usage)."""
+"""Provider images made into what the client asked for: format (Pillow), then b64_json or a
+signed link to the gateway's store."""
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
 import io
-import time
-from collections.abc import Callable, Sequence
 
 import msgspec
 import structlog
@@ -14,16 +13,12 @@ from aiohttp import web
 from imagegate.adapters.base import (
     GeneratedImage,
     ImageRequest,
-    ProviderResult,
-    UpstreamRequest,
-    UpstreamResponse,
 )
-from imagegate.config.api import Image, ImagesResponse, Usage
+from imagegate.config.api import Image, ImagesResponse
 from imagegate.config.errors import GatewayError
 from imagegate.config.images import sniff_mime
 from imagegate.proxy.fetch import Fetcher
 from imagegate.proxy.storage import ImageStore
-from imagegate.proxy.upstream import ProviderState, Upstream
 from PIL import Image as PILImage
 
 log = structlog.get_logger("imagegate.images")
@@ -31,91 +26,6 @@ MIMES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 LOSSY = ("image/jpeg", "image/webp")  # where output_compression means something
 PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 _encode = msgspec.json.Encoder().encode
-
-
-def check_capabilities(state: ProviderState, req: ImageRequest) -> None:
-    caps, model = state.adapter.capabilities, req.model
-    if req.operation == "edit" and not caps.edit:
-        raise GatewayError("invalid_value", f"The model '{model}' does not support image "
-                           "editing.", param="image")
-    if req.operation == "generate" and not caps.generate:
-        raise GatewayError("invalid_value", f"The model '{model}' needs an input image.",
-                           param="image")
-    if req.mask is not None and not caps.mask:
-        raise GatewayError("invalid_value", f"The model '{model}' cannot apply a mask.",
-                           param="mask")
-    if len(req.images) > caps.max_input_images:
-        raise GatewayError("invalid_value", f"The model '{model}' takes at most "
-                           f"{caps.max_input_images} input images.", param="image")
-
-
-def split_n(n: int, per_call: int) -> list[int]:
-    full, rest = divmod(n, per_call)
-    return [per_call] * full + ([rest] if rest else [])
-
-
-def encode_calls(state: ProviderState, req: ImageRequest
-                 ) -> tuple[list[UpstreamRequest], tuple[str, ...]]:
-    """Every provider request of the fan-out, built before any is sent (REJECTs raise here)."""
-    adapter = state.adapter
-    if adapter.render is not None:
-        return [], ()
-    assert adapter.encode_request is not None
-    encoded = [adapter.encode_request(msgspec.structs.replace(req, n=k))
-               for k in split_n(req.n, adapter.capabilities.images_per_call)]
-    return encoded, encoded[0].dropped
-
-
-async def render(upstream: Upstream, state: ProviderState, req: ImageRequest,
-                 make: Callable[[ImageRequest], ProviderResult]) -> ProviderResult:
-    """An offline provider's attempt: capped, logged and counted like an HTTP one."""
-    if state.in_flight >= state.config.max_concurrency:
-        raise GatewayError("upstream_busy", f"The provider '{state.name}' is at its concurrency "
-                           "limit.", headers={"retry-after": "1"})
-    started, outcome = time.perf_counter(), "error"
-    state.in_flight += 1
-    try:
-        result = await asyncio.to_thread(make, req)
-        outcome = "ok"
-        return result
-    finally:
-        state.in_flight -= 1
-        upstream.record(state.name, req.model, "render", 200 if outcome == "ok" else 0, outcome,
-                        time.perf_counter() - started)
-
-
-async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequest,
-                        encoded: list[UpstreamRequest]) -> list[ProviderResult]:
-    adapter = state.adapter
-    if adapter.render is not None:
-        return [await render(upstream, state, req, adapter.render)]
-    assert adapter.decode_response is not None
-
-    async def one(up) -> ProviderResult:  # type: ignore[no-untyped-def]
-        headers = {"Content-Type": up.content_type, **up.headers}
-        async with upstream.attempt(state.name, req.model, up.path, data=up.body,
-                                    headers=headers, method=up.method) as resp:
-            body = await resp.read()
-            received = UpstreamResponse(status=resp.status, body=body,
-                                        headers={k.lower(): v for k, v in resp.headers.items()},
-                                        received_at=int(time.time()))
-        return adapter.decode_response(received)  # type: ignore[misc]
-
-    outcomes = await asyncio.gather(*(one(up) for up in encoded), return_exceptions=True)
-    results = [o for o in outcomes if isinstance(o, ProviderResult)]
-    errors = [o for o in outcomes if isinstance(o, BaseException)]
-    for error in errors:
-        if not isinstance(error, Exception):
-            raise error
-        if not isinstance(error, GatewayError):  # a bug, not a provider answer: keep the trace
-            log.error("provider_call_failed", exc_info=error)
-    if not results:
-        raise errors[0]
-    lost = sum(split_n(req.n, adapter.capabilities.images_per_call)[i]
-               for i, o in enumerate(outcomes) if isinstance(o, BaseException))
-    if lost:
-        results[0].failed += lost
-    return results
 
 
 def transcode(data: bytes, mime: str, fmt: str | None,
@@ -144,6 +54,23 @@ def bad_image() -> GatewayError:
                         "could not be read.")
 
 
+def real_mime(data: bytes) -> str:
+    """A provider image's real type; a 200 carries real images only."""
+    mime = sniff_mime(data[:16])
+    if mime is None:
+        raise bad_image()
+    return mime
+
+
+def decode_image(b64: str) -> tuple[bytes, str]:
+    """A provider's base64 image: its bytes and real type."""
+    try:
+        data = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_image() from None
+    return data, real_mime(data)
+
+
 class Finisher:
     """Turns provider images into what the client asked for: format, then b64_json or url."""
 
@@ -156,20 +83,14 @@ class Finisher:
         if formats_done and img.b64_json is not None and req.response_format != "url":
             return Image(b64_json=img.b64_json, revised_prompt=revised)  # nothing to change
         if img.b64_json is not None:
-            try:
-                data = base64.b64decode(img.b64_json, validate=True)
-            except (binascii.Error, ValueError):
-                raise bad_image() from None
+            data, mime = decode_image(img.b64_json)
         else:
             try:
                 data = await self.fetcher.fetch(img.url or "", "url")
             except GatewayError as exc:
                 raise GatewayError("upstream_unavailable", "The provider's image could not be "
                                    "downloaded.") from exc
-        found = sniff_mime(data[:16])
-        if found is None:
-            raise bad_image()  # a 200 carries real images only
-        mime: str = found
+            mime = real_mime(data)
         wanted = MIMES.get(req.output_format or "", mime)
         recompress = req.output_compression is not None and wanted in LOSSY
         if not formats_done and (wanted != mime or recompress):
@@ -179,32 +100,13 @@ class Finisher:
             except (OSError, ValueError, PILImage.DecompressionBombError):
                 raise bad_image() from None
         if req.response_format == "url":
-            name, query = await self.store.save(data, mime)
-            return Image(url=f"{base_url}/v1/images/files/{name}?{query}", revised_prompt=revised)
+            return Image(url=await self.host(data, mime, base_url), revised_prompt=revised)
         return Image(b64_json=base64.b64encode(data).decode(), revised_prompt=revised)
 
-
-def sum_usage(results: Sequence[ProviderResult]) -> Usage | None:
-    usages = [r.usage for r in results if r.usage is not None]
-    if not usages:
-        return None
-    total = Usage()
-    for u in usages:
-        total.input_tokens += u.input_tokens
-        total.output_tokens += u.output_tokens
-        total.total_tokens += u.total_tokens
-        for name in ("input_tokens_details", "output_tokens_details"):
-            detail = getattr(u, name)
-            if detail is not msgspec.UNSET:
-                merged = getattr(total, name) or {}
-                merged = {} if merged is msgspec.UNSET else merged
-                for k, v in detail.items():
-                    merged[k] = merged.get(k, 0) + v
-                setattr(total, name, merged)
-        if u.generated_images is not msgspec.UNSET:
-            prev = 0 if total.generated_images is msgspec.UNSET else total.generated_images
-            total.generated_images = prev + u.generated_images
-    return total
+    async def host(self, data: bytes, mime: str, base_url: str) -> str:
+        """Stores an image and answers its signed, expiring link."""
+        name, query = await self.store.save(data, mime)
+        return f"{base_url}/v1/images/files/{name}?{query}"
 
 
 def json_response(body: ImagesResponse, headers: dict[str, str]) -> web.Response:
