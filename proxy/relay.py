@@ -68,6 +68,7 @@ async def raise_for_upstream(resp: aiohttp.ClientResponse, provider: str) -> Non
         return
     retry_after = resp.headers.get("retry-after")
     message = ""
+    said = await _provider_message(resp)
     if status in (401, 403):  # the operator's clue: OpenAI's code and type, never its text
         try:
             refused = _error_view.decode(await resp.read()).error
@@ -76,17 +77,24 @@ async def raise_for_upstream(resp: aiohttp.ClientResponse, provider: str) -> Non
         except (msgspec.DecodeError, msgspec.ValidationError):
             log.warning("upstream_refused_credentials", provider=provider, status=status)
     if status == 429:
-        try:
-            envelope = _error_view.decode(await resp.read())
-            message = safe_message(envelope.error.message)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            pass
+        message = said or ""
         if "quota" in message.lower() and "exceeded your current quota" in message.lower():
-            raise GatewayError("insufficient_quota", message)
+            error = GatewayError("insufficient_quota", message)
+            error.provider_message = said
+            raise error
     error = status_error(status, message, retry_after=retry_after)
     if error.code == "upstream_unavailable":
         error.message = f"The provider '{provider}' failed (HTTP {status})."
+    error.provider_message = said
     raise error
+
+
+async def _provider_message(resp: aiohttp.ClientResponse) -> str | None:
+    """OpenAI's error message, made safe (for the attempt's log line and 429 answers)."""
+    try:
+        return safe_message(_error_view.decode(await resp.read()).error.message)
+    except (msgspec.DecodeError, msgspec.ValidationError, aiohttp.ClientError, TimeoutError):
+        return None
 
 
 async def relay(request: web.Request, resp: aiohttp.ClientResponse, provider: str,
