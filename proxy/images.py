@@ -71,7 +71,8 @@ async def render(upstream: Upstream, state: ProviderState, req: ImageRequest,
     """An offline provider's attempt: capped, logged and counted like an HTTP one."""
     if state.in_flight >= state.config.max_concurrency:
         raise GatewayError("upstream_busy", f"The provider '{state.name}' is at its concurrency "
-                           "limit.", headers={"retry-after": "1"})
+                           "limit.", headers={"retry-after": "1"},
+                           gateway_fault=True)
     started, outcome = time.perf_counter(), "error"
     state.in_flight += 1
     try:

@@ -97,7 +97,7 @@ class Upstream:
             self.metrics.child(self.metrics.upstream, provider, model, "busy").inc()
             raise GatewayError(
                 "upstream_busy", f"The provider '{provider}' is at its concurrency limit.",
-                headers={"retry-after": "1"},
+                headers={"retry-after": "1"}, gateway_fault=True,
             )
         assert self.session is not None
         state.in_flight += 1
