@@ -11,6 +11,7 @@ from aiohttp import web
 from imagegate.adapters.base import safe_message, status_error
 from imagegate.config.api import ErrorEnvelope, Usage
 from imagegate.config.errors import GatewayError
+from imagegate.middlewares.headers import retry_after, safe_value
 from imagegate.proxy.upstream import AnswerBroken
 
 RELAY_WHOLE_BYTES = 4 * 1024 * 1024  # answers up to this are read whole; larger ones stream
@@ -58,7 +59,15 @@ def usage_of(body: bytes) -> Usage | None:
 
 
 def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
-    return {h: resp.headers[h] for h in RELAYED_HEADERS if h in resp.headers}
+    """The provider's headers worth relaying, each checked (a `Retry-After: 1\x01` is not
+    written raw: aiohttp would refuse it and the client would get an empty reply)."""
+    out = {}
+    for name in RELAYED_HEADERS:
+        value = resp.headers.get(name)
+        safe = retry_after(value) if name == "retry-after" else safe_value(value or "")
+        if safe is not None:
+            out[name] = safe
+    return out
 
 
 async def raise_for_upstream(resp: aiohttp.ClientResponse, provider: str) -> None:

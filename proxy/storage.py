@@ -19,6 +19,7 @@ from imagegate.config.schema import StorageConfig
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp", "image/gif": "gif"}
 CONTENT_TYPES = {ext: mime for mime, ext in EXTENSIONS.items()}
 NAME = re.compile(r"[A-Za-z0-9_-]{22,64}\.(png|jpeg|webp|gif)")
+_DIGITS = re.compile(r"[0-9]{1,12}")
 REDIS_PREFIX = "imagegate:image:"
 log = structlog.get_logger("imagegate.storage")
 
@@ -117,7 +118,8 @@ class ImageStore:
         return name, f"expires={expires}&sig={self._sign(name, expires)}"
 
     def verify(self, name: str, expires: str, sig: str) -> bool:
-        if not NAME.fullmatch(name) or not expires.isdigit() or len(expires) > 12:
+        # ASCII digits only: str.isdigit() takes '²' and int() then fails
+        if not NAME.fullmatch(name) or not _DIGITS.fullmatch(expires) or not sig.isascii():
             return False
         if not hmac.compare_digest(self._sign(name, int(expires)), sig):
             return False

@@ -63,6 +63,8 @@ class AnswerBroken(Exception):
 
 
 def outcome_of(status: int) -> str:
+    if 300 <= status < 400:
+        return "redirected"
     if status < 400:
         return "ok"
     if status in (401, 403):
@@ -135,10 +137,14 @@ class Upstream:
                     method, state.base_url + path, data=data,
                     headers={**sent, **state.headers, **headers},
                     timeout=state.stream_timeout if stream else state.timeout,
+                    allow_redirects=False,  # a provider that redirects is misconfigured
                 ) as resp:
                     status, outcome = resp.status, outcome_of(resp.status)
                     upstream_id = next((resp.headers[h] for h in ANSWER_ID_HEADERS
                                         if h in resp.headers), None)
+                    if 300 <= status < 400:
+                        raise GatewayError("upstream_unavailable", f"The provider '{provider}' "
+                                           f"answered with a redirect (HTTP {status}).")
                     yield resp
         except GatewayError as exc:
             failure = exc
