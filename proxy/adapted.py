@@ -86,7 +86,7 @@ def prepare(state: ProviderState, req: ImageRequest
 async def render(upstream: Upstream, state: ProviderState, req: ImageRequest,
                  make: Callable[[ImageRequest], ProviderResult]) -> ProviderResult:
     """An offline provider's attempt: capped, logged and counted like an HTTP one."""
-    async with upstream.slot(state, req.model, "render") as slot:
+    async with upstream.slot(state, req.model, "render") as slot:  # failures: slot.failure
         result = await asyncio.to_thread(make, req)
         slot.status, slot.outcome = 200, "ok"
         return result
@@ -111,7 +111,8 @@ async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequ
             received = UpstreamResponse(status=resp.status, body=body,
                                         headers={k.lower(): v for k, v in resp.headers.items()},
                                         received_at=int(time.time()))
-        return decode(received)
+            # decoded inside the attempt: its log line carries the provider's error message
+            return decode(received)
 
     outcomes = await asyncio.gather(*(one(up) for up in encoded), return_exceptions=True)
     results = [o for o in outcomes if isinstance(o, ProviderResult)]

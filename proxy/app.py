@@ -6,9 +6,11 @@ from imagegate.config.schema import Config
 from imagegate.middlewares.auth import auth_middleware
 from imagegate.middlewares.context import context_middleware, set_request_id_header
 from imagegate.middlewares.errors import errors_middleware
+from imagegate.middlewares.headers import enforce_safe_headers
 from imagegate.middlewares.keys import CONFIG
 from imagegate.middlewares.metrics import Metrics, metrics_middleware
 from imagegate.middlewares.parse import parse_middleware
+from imagegate.middlewares.redact import configured_secrets, register
 from imagegate.proxy import endpoints
 from imagegate.proxy.gateway import GATEWAY, Gateway
 from imagegate.proxy.routing import Router
@@ -22,6 +24,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
                router: Router | None = None, store: ImageStore | None = None,
                multiprocess: bool = False, rest_sync_s: float = 1.0) -> web.Application:
     registry = registry if registry is not None else CollectorRegistry()
+    register(configured_secrets(config))  # scrubbed from every error body and log line
     metrics = Metrics(registry, multiprocess=multiprocess)
     gateway = Gateway(config, metrics, router, store, rest_sync_s)
     # The order is fixed here and only here:
@@ -45,6 +48,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app[CONFIG] = config
     app[GATEWAY] = gateway
     app.on_response_prepare.append(set_request_id_header)
+    app.on_startup.append(_last_response_hook)
     app.cleanup_ctx.append(gateway.lifecycle)
     for path in ("generations", "edits", "variations"):
         app.router.add_post(f"/v1/images/{path}", endpoints.images)
@@ -55,6 +59,11 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.router.add_get("/healthz", endpoints.healthz)
     app.router.add_get("/readyz", endpoints.readyz)
     return app
+
+
+async def _last_response_hook(app: web.Application) -> None:
+    """The header safety net runs after every other on_response_prepare hook."""
+    app.on_response_prepare.append(enforce_safe_headers)
 
 
 def _exposed_registry(metrics: Metrics, multiprocess: bool) -> CollectorRegistry:

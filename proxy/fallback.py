@@ -1,17 +1,14 @@
 """The fallback loop: try a request's routes in order until one answers. No aiohttp here: routes,
-attempts and health are passed in, so every rule is testable with stub routes and no server."""
+attempts and health are passed in, so every rule is testable with stub routes and no server.
+Which failures are the provider's (and so move on) is routing's rule, `provider_failed`."""
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from imagegate.config.errors import GatewayError
-
-# provider failures another route may not share; anything else is the request's own fault
-RETRYABLE = frozenset({"upstream_unavailable", "upstream_timeout", "upstream_auth_failed",
-                       "upstream_rate_limited", "upstream_busy"})
-NOT_HEALTH = frozenset({"upstream_busy"})  # the gateway's own cap says nothing of the route
+from imagegate.proxy.routing import provider_failed
 
 
 class Unsuitable(Exception):
@@ -42,9 +39,16 @@ T = TypeVar("T", bound=Result)
 
 
 class Health(Protocol[R_in]):
-    def failed(self, route: R_in, /) -> bool: ...  # True when the route was just sent to rest
+    """What the loop tells route health (proxy/routing.py's Router)."""
+
+    def admit(self, route: R_in, /) -> bool: ...  # False: half-open, its one probe already out
+
+    def failed(self, route: R_in, error: GatewayError | None = None, /) -> float | None:
+        ...  # the seconds of rest this failure has just started, if any
 
     def succeeded(self, route: R_in, /) -> None: ...
+
+    def release(self, routes: Iterable[R_in], /) -> None: ...  # attempts that got no verdict
 
 
 @dataclass(frozen=True)
@@ -57,40 +61,52 @@ class Served(Generic[R, T]):
 async def try_routes(
     plan: Sequence[R], attempt: Callable[[R], Awaitable[T]], health: Health[R], *,
     replayable: Callable[[], bool] = lambda: True,
-    on_rest: Callable[[R], Awaitable[None]] | None = None,
+    on_rest: Callable[[R, float], Awaitable[None]] | None = None,
     on_retry: Callable[[R], None] | None = None,
 ) -> Served[R, T]:
-    """The first route that answers. A retryable failure moves on while the request can still
-    be sent again; the client then gets the last failure (or, when no route was suitable, the
-    first route's reason)."""
+    """The first route that answers. A provider's failure moves on while the request can still
+    be sent again; any other error (the client's, or the gateway's own) ends the request. The
+    client then gets the last failure (or, when no route was suitable, the first route's
+    reason)."""
     last: GatewayError | None = None
     refused: GatewayError | None = None
     failures = 0
-    for route in plan:
-        try:
-            result = await attempt(route)
-        except Unsuitable as skip:
-            refused = refused or skip.error
-            continue
-        except GatewayError as error:
-            if error.code not in RETRYABLE:
-                raise
+    tried: list[R] = []
+
+    async def failed(route: R, error: GatewayError | None) -> None:
+        rested = health.failed(route, error)
+        if rested and on_rest is not None:
+            await on_rest(route, rested)
+
+    try:
+        for route in plan:
+            if not health.admit(route):
+                continue
+            tried.append(route)
+            try:
+                result = await attempt(route)
+            except Unsuitable as skip:
+                refused = refused or skip.error
+                continue
+            except GatewayError as error:
+                if not provider_failed(error):
+                    raise
+                if failures and on_retry is not None:
+                    on_retry(route)
+                failures += 1
+                await failed(route, error)
+                last = error
+                if not replayable():
+                    break
+                continue
             if failures and on_retry is not None:
                 on_retry(route)
-            failures += 1
-            if error.code not in NOT_HEALTH and health.failed(route) and on_rest is not None:
-                await on_rest(route)
-            last = error
-            if not replayable():
-                break
-            continue
-        if failures and on_retry is not None:
-            on_retry(route)
-        if result.broken:
-            if health.failed(route) and on_rest is not None:
-                await on_rest(route)
-        else:
-            health.succeeded(route)
-        return Served(result, route, failures + 1)
+            if result.broken:
+                await failed(route, None)
+            else:
+                health.succeeded(route)
+            return Served(result, route, failures + 1)
+    finally:
+        health.release(tried)  # a probe not settled (a hang-up, the gateway's own failure)
     raise last or refused or GatewayError("upstream_unavailable", "No route of this model can "
                                           "serve this request.")
