@@ -53,3 +53,5 @@ class GatewayError(Exception):
         # the gateway's own failure (its storage, its concurrency cap), not the provider's: it
         # never counts against a route's health and is never retried on another provider
         self.gateway_fault = gateway_fault
+        # the provider's own words, made safe, for the upstream attempt's log line only
+        self.provider_message: str | None = None
