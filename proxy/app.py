@@ -6,7 +6,7 @@ from imagegate.config.schema import Config
 from imagegate.middlewares.auth import auth_middleware
 from imagegate.middlewares.body import body_middleware, expect_handler
 from imagegate.middlewares.context import context_middleware, set_request_id_header
-from imagegate.middlewares.errors import errors_middleware
+from imagegate.middlewares.errors import errors_middleware, shape_http_exceptions
 from imagegate.middlewares.headers import enforce_safe_headers
 from imagegate.middlewares.keys import CONFIG
 from imagegate.middlewares.metrics import Metrics, metrics_middleware
@@ -50,6 +50,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app[CONFIG] = config
     app[GATEWAY] = gateway
     app.on_response_prepare.append(set_request_id_header)
+    app.on_response_prepare.append(shape_http_exceptions)
     app.on_startup.append(_last_response_hook)
     app.cleanup_ctx.append(gateway.lifecycle)
     expect = expect_handler(config.server.max_request_bytes)
