@@ -14,6 +14,8 @@ from imagegate.middlewares.rewrite import rewrite_middleware
 from imagegate.proxy import handlers
 from imagegate.proxy.gateway import GATEWAY, Gateway
 from imagegate.proxy.routing import Router
+from imagegate.proxy.status import StatusBoard
+from imagegate.proxy.status_page import status_routes
 from imagegate.proxy.storage import ImageStore
 from prometheus_client import CollectorRegistry
 from prometheus_client import multiprocess as prom_multiprocess
@@ -22,7 +24,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None,
                router: Router | None = None, store: ImageStore | None = None,
-               multiprocess: bool = False, rest_sync_s: float = 1.0) -> web.Application:
+               multiprocess: bool = False, rest_sync_s: float = 1.0,
+               workers: int = 1) -> web.Application:
     registry = registry if registry is not None else CollectorRegistry()
     register(configured_secrets(config))  # scrubbed from every error body and log line
     metrics = Metrics(registry, multiprocess=multiprocess)
@@ -31,7 +34,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
         context_middleware(),
         metrics_middleware(metrics),
         errors_middleware(),  # inside context/metrics: they see every final status
-        auth_middleware(config.auth),
+        auth_middleware(config.auth, config.server.admin_keys),
         # rate limits take their place here, between auth and rewrite
         rewrite_middleware(config, gateway.models),
     ]
@@ -48,7 +51,11 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.router.add_get("/v1/models", handlers.list_models)
     app.router.add_get("/v1/models/{model}", handlers.get_model)
     app.router.add_get("/v1/images/files/{name}", handlers.hosted_file)
-    app.router.add_get("/metrics", make_aiohttp_handler(_exposed_registry(metrics, multiprocess)))
+    exposed = _exposed_registry(metrics, multiprocess)
+    app.router.add_get("/metrics", make_aiohttp_handler(exposed))
+    board = StatusBoard(lambda: gateway, exposed, workers=workers)
+    app.cleanup_ctx.append(board.run)
+    app.router.add_routes(status_routes(board))
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     return app
