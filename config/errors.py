@@ -14,6 +14,7 @@ ERROR_CODES: Final[Mapping[str, tuple[int, str]]] = {
     "model_not_found": (404, INVALID),
     "method_not_allowed": (405, INVALID),
     "request_too_large": (413, INVALID),
+    "unsupported_encoding": (415, INVALID),
     "rate_limit_exceeded": (429, "rate_limit_error"),
     "content_policy_violation": (400, INVALID),
     "insufficient_quota": (402, "insufficient_quota"),
@@ -52,3 +53,5 @@ class GatewayError(Exception):
         # the gateway's own failure (its storage, its concurrency cap), not the provider's: it
         # never counts against a route's health and is never retried on another provider
         self.gateway_fault = gateway_fault
+        # the provider's own words, made safe, for the upstream attempt's log line only
+        self.provider_message: str | None = None

@@ -6,12 +6,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from imagegate.middlewares.keys import IMAGES, KEY_ID, MODEL
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from imagegate.middlewares.keys import KEY_ID, MODEL, OUTCOME
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 NONE = "-"
+SCRAPE_PATH = "/metrics"  # not counted in flight: a scrape would always read itself
+# the `_created` series double the output for no use
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -82,7 +85,9 @@ def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRe
     async def metrics_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         status = 499
-        in_flight.inc()
+        counted = request.path != SCRAPE_PATH
+        if counted:
+            in_flight.inc()
         try:
             response = await handler(request)
             status = response.status
@@ -93,14 +98,15 @@ def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRe
             status = 500
             raise
         finally:
-            in_flight.dec()
+            if counted:
+                in_flight.dec()
             key = request.get(KEY_ID, NONE)
             metrics.observe_request(
                 _endpoint(request), request.get(MODEL, NONE), key, status,
                 time.perf_counter() - started,
             )
-            images = request.get(IMAGES, 0)
-            if images:
-                metrics.child(metrics.key_images, key).inc(images)
+            outcome = request.get(OUTCOME)
+            if outcome is not None and outcome.images:
+                metrics.child(metrics.key_images, key).inc(outcome.images)
 
     return metrics_mw
