@@ -66,6 +66,11 @@ class Metrics:
             found = self._children[key] = family.labels(*labels)
         return found
 
+    def forget(self, family: Any, *labels: str) -> None:
+        """Drops a series whose labels no longer name anything configured."""
+        if self._children.pop((id(family), *labels), None) is not None:
+            family.remove(*labels)
+
     def observe_request(self, endpoint: str, model: str, key: str, status: int,
                         seconds: float) -> None:
         self.child(self.requests, endpoint, model, key, str(status)).inc()

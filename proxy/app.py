@@ -13,7 +13,9 @@ from imagegate.middlewares.metrics import Metrics, metrics_middleware
 from imagegate.middlewares.parse import parse_middleware
 from imagegate.middlewares.redact import configured_secrets, register
 from imagegate.proxy import endpoints
+from imagegate.proxy.drain import DRAIN, Drain
 from imagegate.proxy.gateway import GATEWAY, Gateway
+from imagegate.proxy.reload import GENERATIONS, Generations, Middleware
 from imagegate.proxy.routing import Router
 from imagegate.proxy.status import StatusBoard
 from imagegate.proxy.status_page import status_routes
@@ -40,18 +42,24 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     #   model's aliases and defaults resolved; parse also checks the key's model allowlist;
     # - idempotency and rate limits (when they exist) then sit between parse and the handler,
     #   idempotency first, so a replayed answer consumes no limit.
+    # - drain refuses new requests once SIGTERM came; the generation middleware then runs the
+    #   config-dependent rest of the chain as built from the config the request started on.
+    generations = Generations(gateway, config_middlewares)
+    drain = Drain()
     middlewares = [
         context_middleware(),
         metrics_middleware(metrics),
         errors_middleware(),  # inside context/metrics: they see every final status
+        drain.middleware(),
         body_middleware(config.server.max_request_bytes),  # 413 / 415 before any body is read
-        auth_middleware(config.auth, config.server.admin_keys),
-        parse_middleware(config, gateway.models),
+        generations.middleware(),  # then config_middlewares() of the request's generation
     ]
     app = web.Application(middlewares=middlewares,
                           client_max_size=config.server.max_request_bytes)
     app[CONFIG] = config
     app[GATEWAY] = gateway
+    app[GENERATIONS] = generations
+    app[DRAIN] = drain
     app.on_response_prepare.append(set_request_id_header)
     app.on_startup.append(_last_response_hook)
     app.cleanup_ctx.append(gateway.lifecycle)
@@ -63,13 +71,21 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.router.add_get("/v1/images/files/{name}", endpoints.hosted_file, expect_handler=expect)
     exposed = _exposed_registry(metrics, multiprocess)
     app.router.add_get("/metrics", make_aiohttp_handler(exposed), expect_handler=expect)
-    board = StatusBoard(lambda: gateway, exposed, workers=workers)
+    board = StatusBoard(lambda: generations.current.gateway, exposed, workers=workers)
     app.cleanup_ctx.append(board.run)
     for route in status_routes(board):
         app.router.add_route(route.method, route.path, route.handler, expect_handler=expect)
     app.router.add_get("/healthz", endpoints.healthz, expect_handler=expect)
     app.router.add_get("/readyz", endpoints.readyz, expect_handler=expect)
     return app
+
+
+def config_middlewares(config: Config, gateway: Gateway) -> list[Middleware]:
+    """The part of the chain built from the config: rebuilt on every reload."""
+    return [
+        auth_middleware(config.auth, config.server.admin_keys),
+        parse_middleware(config, gateway.models),
+    ]
 
 
 async def _last_response_hook(app: web.Application) -> None:
