@@ -28,3 +28,4 @@ PROVIDER = web.RequestKey("provider", str)  # the provider name of the route tha
 IMAGES = web.RequestKey("images", int)  # images in the answer
 PROMPT = web.RequestKey("prompt", str)  # set only when server.log_prompts is true
 ROUTED = web.RequestKey("routed", Routed)  # set by the rewrite middleware for JSON bodies
+IDEMPOTENCY = web.RequestKey("idempotency", str)  # first | replayed | coalesced, with a key
