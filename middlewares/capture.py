@@ -88,7 +88,7 @@ class TeeWriter(AbstractStreamWriter):
 
 
 def kept_headers(response: web.StreamResponse) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in response.headers.items()
+    return [(str(k), v) for k, v in response.headers.items()
             if (k.lower() in KEPT_HEADERS or k.lower().startswith("x-imagegate-"))
             and k.lower() not in NOT_KEPT]
 

@@ -1,11 +1,16 @@
 """The app factory: the middleware chain in its one fixed order, the routes, the lifecycle."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from aiohttp import web
 from imagegate.config.schema import Config
 from imagegate.middlewares.auth import auth_middleware
 from imagegate.middlewares.context import context_middleware, set_request_id_header
 from imagegate.middlewares.errors import errors_middleware
+from imagegate.middlewares.exactly_once import EXACTLY_ONCE, ExactlyOnce
+from imagegate.middlewares.idempotency import idempotency_middleware
 from imagegate.middlewares.keys import CONFIG
 from imagegate.middlewares.metrics import Metrics, metrics_middleware
 from imagegate.middlewares.rewrite import rewrite_middleware
@@ -20,10 +25,12 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None,
                router: Router | None = None, store: ImageStore | None = None,
-               multiprocess: bool = False, rest_sync_s: float = 1.0) -> web.Application:
+               multiprocess: bool = False, rest_sync_s: float = 1.0,
+               clock: Callable[[], float] = time.time) -> web.Application:
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry, multiprocess=multiprocess)
     gateway = Gateway(config, metrics, router, store, rest_sync_s)
+    once = ExactlyOnce(config, metrics, clock=clock)
     middlewares = [
         context_middleware(),
         metrics_middleware(metrics),
@@ -31,13 +38,16 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
         auth_middleware(config.auth),
         # rate limits take their place here, between auth and rewrite
         rewrite_middleware(config, gateway.models),
+        idempotency_middleware(config, once),  # a replay reaches no limit, no upstream
     ]
     app = web.Application(middlewares=middlewares,
                           client_max_size=config.server.max_request_bytes)
     app[CONFIG] = config
     app[GATEWAY] = gateway
+    app[EXACTLY_ONCE] = once
     app.on_response_prepare.append(set_request_id_header)
     app.cleanup_ctx.append(gateway.lifecycle)
+    app.cleanup_ctx.append(once.lifecycle)  # after the gateway's: detached runs end first
     app.router.add_post("/v1/images/generations", handlers.generations)
     app.router.add_post("/v1/images/edits", handlers.edits)
     app.router.add_post("/v1/images/variations", handlers.variations)

@@ -12,12 +12,8 @@ from aiohttp import web
 from imagegate.config.errors import GatewayError
 from imagegate.middlewares.capture import events_kept
 from imagegate.middlewares.errors import errors_middleware
-from imagegate.middlewares.idempotency import (
-    HEADER,
-    Idempotency,
-    check_key,
-    json_fingerprint,
-)
+from imagegate.middlewares.exactly_once import HEADER, ExactlyOnce
+from imagegate.middlewares.idempotency import check_key, json_fingerprint
 from imagegate.middlewares.ledger import MemoryLedger, RedisLedger, StoredAnswer
 from imagegate.middlewares.metrics import Metrics
 from prometheus_client import CollectorRegistry
@@ -138,7 +134,7 @@ class Upstream:
         return out
 
 
-async def start(aiohttp_client: Any, idem: Idempotency, upstream: Upstream) -> Any:
+async def start(aiohttp_client: Any, idem: ExactlyOnce, upstream: Upstream) -> Any:
     @web.middleware
     async def idem_mw(request: web.Request, handler: Any) -> web.StreamResponse:
         key = request.headers.get(HEADER)
@@ -155,8 +151,8 @@ async def start(aiohttp_client: Any, idem: Idempotency, upstream: Upstream) -> A
     return await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
 
 
-def idempotency(ledger: Any = None) -> Idempotency:
-    return Idempotency(make_config(), Metrics(CollectorRegistry()), ledger)
+def idempotency(ledger: Any = None) -> ExactlyOnce:
+    return ExactlyOnce(make_config(), Metrics(CollectorRegistry()), ledger)
 
 
 async def post(client: Any, path: str, key: str = "k1", body: Any = None) -> Any:

@@ -49,6 +49,7 @@ class Recorder:
     requests: list[Received] = field(default_factory=list)
     mode: str = "ok"  # ok | url | policy | auth | rate_limit | quota | server_error | slow
     delay_s: float = 0.0
+    gate: asyncio.Event | None = None  # set: answers wait until it is set (a slow provider)
     image_b64: str = PNG_B64
 
     @property
@@ -109,6 +110,8 @@ def make_app(recorder: Recorder) -> web.Application:
             return FAULTS["auth"]()
         if recorder.delay_s:
             await asyncio.sleep(recorder.delay_s)
+        if recorder.gate is not None:
+            await recorder.gate.wait()
         if recorder.mode in FAULTS:
             return FAULTS[recorder.mode]()
         if str(fields.get("stream")).lower() == "true":
