@@ -49,6 +49,7 @@ class AuthConfig(Strict, frozen=True):
 class StateConfig(Strict, frozen=True):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    on_redis_error: Literal["open","closed"] = "open"
 
 
 class StorageConfig(Strict, frozen=True):

@@ -11,8 +11,10 @@ from imagegate.middlewares.context import context_middleware, set_request_id_hea
 from imagegate.middlewares.errors import errors_middleware
 from imagegate.middlewares.exactly_once import EXACTLY_ONCE, ExactlyOnce
 from imagegate.middlewares.idempotency import idempotency_middleware
+from imagegate.middlewares.headers import enforce_safe_headers
 from imagegate.middlewares.keys import CONFIG
 from imagegate.middlewares.metrics import Metrics, metrics_middleware
+from imagegate.middlewares.redact import configured_secrets, register
 from imagegate.middlewares.rewrite import rewrite_middleware
 from imagegate.proxy import handlers
 from imagegate.proxy.gateway import GATEWAY, Gateway
@@ -28,6 +30,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
                multiprocess: bool = False, rest_sync_s: float = 1.0,
                clock: Callable[[], float] = time.time) -> web.Application:
     registry = registry if registry is not None else CollectorRegistry()
+    register(configured_secrets(config))  # scrubbed from every error body and log line
     metrics = Metrics(registry, multiprocess=multiprocess)
     gateway = Gateway(config, metrics, router, store, rest_sync_s)
     once = ExactlyOnce(config, metrics, clock=clock)
@@ -46,6 +49,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app[GATEWAY] = gateway
     app[EXACTLY_ONCE] = once
     app.on_response_prepare.append(set_request_id_header)
+    app.on_startup.append(_last_response_hook)
     app.cleanup_ctx.append(gateway.lifecycle)
     app.cleanup_ctx.append(once.lifecycle)  # after the gateway's: detached runs end first
     app.router.add_post("/v1/images/generations", handlers.generations)
@@ -58,6 +62,11 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     return app
+
+
+async def _last_response_hook(app: web.Application) -> None:
+    """The header safety net runs after every other on_response_prepare hook."""
+    app.on_response_prepare.append(enforce_safe_headers)
 
 
 def _exposed_registry(metrics: Metrics, multiprocess: bool) -> CollectorRegistry:
