@@ -10,8 +10,8 @@ from imagegate.middlewares.auth import auth_middleware
 from imagegate.middlewares.context import context_middleware, set_request_id_header
 from imagegate.middlewares.errors import errors_middleware
 from imagegate.middlewares.exactly_once import EXACTLY_ONCE, ExactlyOnce
-from imagegate.middlewares.idempotency import idempotency_middleware
 from imagegate.middlewares.headers import enforce_safe_headers
+from imagegate.middlewares.idempotency import idempotency_middleware
 from imagegate.middlewares.keys import CONFIG
 from imagegate.middlewares.metrics import Metrics, metrics_middleware
 from imagegate.middlewares.redact import configured_secrets, register
