@@ -60,31 +60,42 @@ class ExactlyOnce:
         await self.ledger.close()
 
     async def answer(self, request: web.Request, handler: Handler, key: str, endpoint: str,
-                     fingerprint: str, wait_s: float) -> web.StreamResponse:
+                     fingerprint: str, wait_s: float, close: Callable[[], None] = lambda: None
+                     ) -> web.StreamResponse:
+        """`close` frees what the request needs to the end (a spooled form): called once it is
+        answered, by the detached run when there is one."""
         scope = scope_of(request.get(KEY_ID, "anonymous"), endpoint, key)
         deadline = time.monotonic() + wait_s
-        waited = False
-        while True:
-            try:
-                claim = await self.ledger.claim(scope, fingerprint)
-            except self.ledger.errors:
-                log.warning("idempotency_unavailable", action="claim")  # served unprotected
-                return await handler(request)
-            if claim.kind == "mismatch":
-                raise GatewayError("idempotency_key_reused", f"This {HEADER} was already used "
-                                   "for a different request.", param=HEADER)
-            if claim.answer is not None:
-                return self._replay(request, claim.answer, "coalesced" if waited else "replayed")
-            if claim.kind == "won":
-                request[IDEMPOTENCY] = "first"
-                return await self._first(request, handler, scope, claim.token)
-            waited, left = True, deadline - time.monotonic()
-            if left <= 0:
-                raise GatewayError("idempotency_key_in_use", f"A request with this {HEADER} is "
-                                   "still running.", param=HEADER, headers={"retry-after": "1"})
-            changed = self.changed.setdefault(scope, asyncio.Event())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), min(left, POLL_S))
+        waited = detached = False
+        try:
+            while True:
+                try:
+                    claim = await self.ledger.claim(scope, fingerprint)
+                except self.ledger.errors:
+                    log.warning("idempotency_unavailable", action="claim")  # unprotected
+                    return await handler(request)
+                if claim.kind == "mismatch":
+                    raise GatewayError("idempotency_key_reused", f"This {HEADER} was already "
+                                       "used for a different request.", param=HEADER)
+                if claim.answer is not None:
+                    return self._replay(request, claim.answer,
+                                        "coalesced" if waited else "replayed")
+                if claim.kind == "won":
+                    request[IDEMPOTENCY], detached = "first", True
+                    return await self._first(request, handler, scope, claim.token, close)
+                waited = True
+                await self._wait(scope, deadline - time.monotonic())
+        finally:
+            if not detached:
+                close()
+
+    async def _wait(self, scope: str, left: float) -> None:
+        if left <= 0:
+            raise GatewayError("idempotency_key_in_use", f"A request with this {HEADER} is "
+                               "still running.", param=HEADER, headers={"retry-after": "1"})
+        changed = self.changed.setdefault(scope, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), min(left, POLL_S))
 
     def _replay(self, request: web.Request, answer: StoredAnswer, how: str) -> web.Response:
         request[IDEMPOTENCY] = how
@@ -97,14 +108,14 @@ class ExactlyOnce:
         response.headers["idempotent-replayed"] = "true"
         return response
 
-    async def _first(self, request: web.Request, handler: Handler, scope: str, token: str
-                     ) -> web.StreamResponse:
+    async def _first(self, request: web.Request, handler: Handler, scope: str, token: str,
+                     close: Callable[[], None]) -> web.StreamResponse:
         """Runs the request as an app-owned task: a client hanging up cancels this wait only,
         and what the task writes is kept by the tee even once nobody reads it."""
         tee = TeeWriter(request._payload_writer)
         request._payload_writer = tee
         task = asyncio.get_running_loop().create_task(
-            self._run(request, handler, scope, token, tee))
+            self._run(request, handler, scope, token, tee, close))
         self.tasks.add(task)
         task.add_done_callback(self._forget)
         await asyncio.wait({task})
@@ -116,7 +127,7 @@ class ExactlyOnce:
             task.exception()  # retrieved: a detached failure was logged and its key released
 
     async def _run(self, request: web.Request, handler: Handler, scope: str, token: str,
-                   tee: TeeWriter) -> web.StreamResponse:
+                   tee: TeeWriter, close: Callable[[], None]) -> web.StreamResponse:
         beat = asyncio.create_task(self._heartbeat(scope, token))
         try:
             response = await handler(request)
@@ -126,6 +137,7 @@ class ExactlyOnce:
                 log.info("idempotent_request_failed_after_hang_up", error=type(exc).__name__)
             raise
         finally:
+            close()
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import openai
 import pytest
 from imagegate.config.schema import Config
-from imagegate.middlewares.exactly_once import EXACTLY_ONCE, scope_of
+from imagegate.middlewares.exactly_once import EXACTLY_ONCE, HEADER, scope_of
 from imagegate.middlewares.idempotency import json_fingerprint
 from imagegate.middlewares.ledger import RedisLedger
 from imagegate.proxy.app import create_app
@@ -228,3 +230,83 @@ async def test_a_dead_holders_lease_expires(start: Any, openai_upstream: Any,
         headers, answer = await generate(client)
         assert len(recorder.requests) == 1 and "idempotent-replayed" not in headers
         assert answer.data[0].b64_json == openai_mock.PNG_B64
+
+
+async def edit(client: Any, image: bytes, value: str = "edit-1", filename: str = "a.png",
+               **kwargs: Any) -> Any:
+    async with sdk(client, **kwargs) as api:
+        raw = await api.images.with_raw_response.edit(
+            model="gpt-image-1", prompt="add a boat", image=(filename, image, "image/png"),
+            **key(value))
+        return raw.headers, raw.parse()
+
+
+async def test_multipart_edits_are_fingerprinted_by_fields_and_file_bytes(
+        start: Any, openai_upstream: Any) -> None:
+    recorder, _ = openai_upstream
+    client = await start()
+    other = openai_mock.png_bytes((200, 10, 10))
+    _, first = await edit(client, openai_mock.PNG)
+    headers, again = await edit(client, openai_mock.PNG, filename="renamed.png")
+    assert len(recorder.requests) == 1 and headers["idempotent-replayed"] == "true"
+    assert again.model_dump() == first.model_dump()
+    assert [p.sha256 for p in recorder.last.parts if p.filename] == [
+        hashlib.sha256(openai_mock.PNG).hexdigest()]  # the whole file went upstream
+    with pytest.raises(openai.UnprocessableEntityError):
+        await edit(client, other)
+    await generate(client, value="edit-1")  # another endpoint: another scope
+    assert len(recorder.requests) == 2
+
+
+async def test_a_form_with_its_fields_after_the_file_is_kept_whole(start: Any,
+                                                                  openai_upstream: Any) -> None:
+    recorder, _ = openai_upstream
+    client = await start()
+
+    async def send() -> Any:
+        form = aiohttp.FormData()
+        form.add_field("image", openai_mock.PNG, filename="a.png", content_type="image/png")
+        form.add_field("model", "gpt-image-1")
+        form.add_field("prompt", "add a boat")
+        resp = await client.post("/v1/images/edits", data=form, headers={HEADER: "late-1"})
+        return resp.status, await resp.json(), resp.headers
+
+    (s1, b1, h1), (s2, b2, h2) = await send(), await send()
+    assert s1 == s2 == 200 and b1 == b2 and h2["idempotent-replayed"] == "true"
+    assert len(recorder.requests) == 1 and recorder.last.parts[0].size == len(openai_mock.PNG)
+
+
+async def test_an_edit_whose_client_hung_up_is_still_sent_whole(start: Any,
+                                                                openai_upstream: Any) -> None:
+    recorder, _ = openai_upstream
+    recorder.gate = asyncio.Event()
+    client = await start()
+    with pytest.raises(openai.APITimeoutError):
+        await edit(client, openai_mock.PNG, timeout=0.3)
+    recorder.gate.set()
+    once = client.app[EXACTLY_ONCE]
+    while once.tasks:
+        await asyncio.sleep(0.01)
+    headers, answer = await edit(client, openai_mock.PNG)
+    assert len(recorder.requests) == 1 and headers["idempotent-replayed"] == "true"
+    assert [p.sha256 for p in recorder.last.parts if p.filename] == [
+        hashlib.sha256(openai_mock.PNG).hexdigest()]
+    assert answer.data[0].b64_json == openai_mock.PNG_B64
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the SDK's own warning
+async def test_local_edits_and_variations_replay(start: Any, openai_upstream: Any) -> None:
+    client = await start()
+    async with sdk(client) as api:
+        for _ in range(2):
+            raw = await api.images.with_raw_response.edit(
+                model="local", prompt="boat", image=("a.png", openai_mock.PNG, "image/png"),
+                size="64x64", **key("local-1"))
+        assert raw.headers["idempotent-replayed"] == "true"
+        for _ in range(2):
+            raw = await api.images.with_raw_response.create_variation(
+                model="gpt-image-1", image=("a.png", openai_mock.PNG, "image/png"),
+                **key("var-1"))
+        assert raw.headers["idempotent-replayed"] == "true"
+    recorder, _ = openai_upstream
+    assert [r.path for r in recorder.requests] == ["/images/variations"]
