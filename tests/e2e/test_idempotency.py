@@ -271,7 +271,7 @@ async def test_a_form_with_its_fields_after_the_file_is_kept_whole(start: Any,
         resp = await client.post("/v1/images/edits", data=form, headers={HEADER: "late-1"})
         return resp.status, await resp.json(), resp.headers
 
-    (s1, b1, h1), (s2, b2, h2) = await send(), await send()
+    (s1, b1, _), (s2, b2, h2) = await send(), await send()
     assert s1 == s2 == 200 and b1 == b2 and h2["idempotent-replayed"] == "true"
     assert len(recorder.requests) == 1 and recorder.last.parts[0].size == len(openai_mock.PNG)
 
