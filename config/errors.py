@@ -16,6 +16,7 @@ ERROR_CODES: Final[Mapping[str, tuple[int, str]]] = {
     "request_too_large": (413, INVALID),
     "idempotency_key_in_use": (409, INVALID),
     "idempotency_key_reused": (422, INVALID),
+    "unsupported_encoding": (415, INVALID),
     "rate_limit_exceeded": (429, "rate_limit_error"),
     "content_policy_violation": (400, INVALID),
     "insufficient_quota": (402, "insufficient_quota"),

@@ -23,6 +23,9 @@ class ServerConfig(Strict, frozen=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_images_per_request: Annotated[int, Meta(ge=1, le=16)] = 16
     stream_keepalive_s: PositiveFloat = 10.0  # SSE comment interval while a provider works
+    header_timeout_s: PositiveFloat = 15.0  # a request's head must arrive whole within this
+    body_timeout_s: PositiveFloat = 30.0  # longest pause between two pieces of a request body
+    max_connections: Annotated[int, Meta(ge=1)] | None = None  # None: from the open-file limit
 
 
 class Limits(Strict, frozen=True):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from aiohttp import web
 from imagegate.config.schema import Config
 from imagegate.middlewares.auth import auth_middleware
+from imagegate.middlewares.body import body_middleware, expect_handler
 from imagegate.middlewares.context import context_middleware, set_request_id_header
 from imagegate.middlewares.errors import errors_middleware
 from imagegate.middlewares.exactly_once import EXACTLY_ONCE, ExactlyOnce
@@ -46,7 +47,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     middlewares = [
         context_middleware(),
         metrics_middleware(metrics),
-        errors_middleware(),
+        errors_middleware(),  # inside context/metrics: they see every final status
+        body_middleware(config.server.max_request_bytes),  # 413 / 415 before any body is read
         auth_middleware(config.auth),
         parse_middleware(config, gateway.models),
         idempotency_middleware(config, once),  # before rate limits: a replay uses none
@@ -60,14 +62,16 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.on_startup.append(_last_response_hook)
     app.cleanup_ctx.append(gateway.lifecycle)
     app.cleanup_ctx.append(once.lifecycle)  # after the gateway's: detached runs end first
+    expect = expect_handler(config.server.max_request_bytes)
     for path in ("generations", "edits", "variations"):
-        app.router.add_post(f"/v1/images/{path}", endpoints.images)
-    app.router.add_get("/v1/models", endpoints.list_models)
-    app.router.add_get("/v1/models/{model}", endpoints.get_model)
-    app.router.add_get("/v1/images/files/{name}", endpoints.hosted_file)
-    app.router.add_get("/metrics", make_aiohttp_handler(_exposed_registry(metrics, multiprocess)))
-    app.router.add_get("/healthz", endpoints.healthz)
-    app.router.add_get("/readyz", endpoints.readyz)
+        app.router.add_post(f"/v1/images/{path}", endpoints.images, expect_handler=expect)
+    app.router.add_get("/v1/models", endpoints.list_models, expect_handler=expect)
+    app.router.add_get("/v1/models/{model}", endpoints.get_model, expect_handler=expect)
+    app.router.add_get("/v1/images/files/{name}", endpoints.hosted_file, expect_handler=expect)
+    app.router.add_get("/metrics", make_aiohttp_handler(_exposed_registry(metrics, multiprocess)),
+                       expect_handler=expect)
+    app.router.add_get("/healthz", endpoints.healthz, expect_handler=expect)
+    app.router.add_get("/readyz", endpoints.readyz, expect_handler=expect)
     return app
 
 
