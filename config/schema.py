@@ -13,6 +13,9 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     """Config Structs: unknown keys are errors; subclasses repeat frozen=True for type checkers."""
 
 
+Sha256Hex = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+
+
 class ServerConfig(Strict, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
@@ -26,6 +29,7 @@ class ServerConfig(Strict, frozen=True):
     header_timeout_s: PositiveFloat = 15.0  # a request's head must arrive whole within this
     body_timeout_s: PositiveFloat = 30.0  # longest pause between two pieces of a request body
     max_connections: Annotated[int, Meta(ge=1)] | None = None  # None: from the open-file limit
+    admin_keys: list[Sha256Hex] = []  # key_sha256 of the keys that may read /status, /metrics
 
 
 class Limits(Strict, frozen=True):

@@ -20,6 +20,8 @@ from imagegate.middlewares.redact import configured_secrets, register
 from imagegate.proxy import endpoints
 from imagegate.proxy.gateway import GATEWAY, Gateway
 from imagegate.proxy.routing import Router
+from imagegate.proxy.status import StatusBoard
+from imagegate.proxy.status_page import status_routes
 from imagegate.proxy.storage import ImageStore
 from prometheus_client import CollectorRegistry
 from prometheus_client import multiprocess as prom_multiprocess
@@ -29,7 +31,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 def create_app(config: Config, *, registry: CollectorRegistry | None = None,
                router: Router | None = None, store: ImageStore | None = None,
                multiprocess: bool = False, rest_sync_s: float = 1.0,
-               clock: Callable[[], float] = time.time) -> web.Application:
+               workers: int = 1, clock: Callable[[], float] = time.time
+               ) -> web.Application:
     registry = registry if registry is not None else CollectorRegistry()
     register(configured_secrets(config))  # scrubbed from every error body and log line
     metrics = Metrics(registry, multiprocess=multiprocess)
@@ -49,7 +52,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
         metrics_middleware(metrics),
         errors_middleware(),  # inside context/metrics: they see every final status
         body_middleware(config.server.max_request_bytes),  # 413 / 415 before any body is read
-        auth_middleware(config.auth),
+        auth_middleware(config.auth, config.server.admin_keys),
         parse_middleware(config, gateway.models),
         idempotency_middleware(config, once),  # before rate limits: a replay uses none
     ]
@@ -68,8 +71,12 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.router.add_get("/v1/models", endpoints.list_models, expect_handler=expect)
     app.router.add_get("/v1/models/{model}", endpoints.get_model, expect_handler=expect)
     app.router.add_get("/v1/images/files/{name}", endpoints.hosted_file, expect_handler=expect)
-    app.router.add_get("/metrics", make_aiohttp_handler(_exposed_registry(metrics, multiprocess)),
-                       expect_handler=expect)
+    exposed = _exposed_registry(metrics, multiprocess)
+    app.router.add_get("/metrics", make_aiohttp_handler(exposed), expect_handler=expect)
+    board = StatusBoard(lambda: gateway, exposed, workers=workers)
+    app.cleanup_ctx.append(board.run)
+    for route in status_routes(board):
+        app.router.add_route(route.method, route.path, route.handler, expect_handler=expect)
     app.router.add_get("/healthz", endpoints.healthz, expect_handler=expect)
     app.router.add_get("/readyz", endpoints.readyz, expect_handler=expect)
     return app
