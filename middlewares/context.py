@@ -9,7 +9,15 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
-from imagegate.middlewares.keys import IMAGES, KEY_ID, MODEL, PROMPT, PROVIDER, REQUEST_ID
+from imagegate.middlewares.keys import (
+    COST,
+    IMAGES,
+    KEY_ID,
+    MODEL,
+    PROMPT,
+    PROVIDER,
+    REQUEST_ID,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -63,6 +71,7 @@ def _access_line(
         model=request.get(MODEL),
         provider=request.get(PROVIDER),
         images=request.get(IMAGES, 0),
+        cost_usd=request.get(COST),  # null: unpriced route, or no answer
         bytes_in=request.content_length or 0,
         bytes_out=bytes_out,
         **extra,

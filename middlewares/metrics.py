@@ -43,6 +43,10 @@ class Metrics:
                                registry=registry, multiprocess_mode=in_flight_mode)
         self.rate_limited = counter("rate_limited_total", "Requests refused by a key limit",
                                     ("key", "limit"))
+        self.cost = counter("cost_usd", "USD of delivered answers on priced routes",
+                            ("key", "model", "provider"))
+        self.unpriced = counter("unpriced_requests", "Answers from routes without a price "
+                                "(their cost is unknown)", ("model", "provider"))
         self.retries = counter("retries_total", "Attempts retried on another route",
                                ("provider",))
         self.route_healthy = Gauge("imagegate_route_healthy", "1 when the route is not resting",
