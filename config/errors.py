@@ -41,6 +41,7 @@ class GatewayError(Exception):
         status: int | None = None,
         wire_code: str | None = None,
         wire_type: str | None = None,
+        gateway_fault: bool = False,
     ) -> None:
         super().__init__(message)
         default_status, self.type = ERROR_CODES[code]
@@ -49,3 +50,8 @@ class GatewayError(Exception):
         self.code = wire_code or code
         self.message, self.param = message, param
         self.headers = dict(headers or {})
+        # the gateway's own failure (its storage, its concurrency cap), not the provider's: it
+        # never counts against a route's health and is never retried on another provider
+        self.gateway_fault = gateway_fault
+        # the provider's own words, made safe, for the upstream attempt's log line only
+        self.provider_message: str | None = None

@@ -17,7 +17,8 @@ log = structlog.get_logger("imagegate.auth")
 
 
 def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    # aiohttp keeps undecodable header bytes as surrogates: hashed as the bytes the client sent
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def key_table(auth: AuthConfig) -> dict[str, ApiKey]:

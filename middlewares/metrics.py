@@ -7,11 +7,14 @@ from typing import Any
 
 from aiohttp import web
 from imagegate.middlewares.keys import KEY_ID, MODEL
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 NONE = "-"
+SCRAPE_PATH = "/metrics"  # not counted in flight: a scrape would always read itself
+# the `_created` series double the output for no use
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -81,7 +84,9 @@ def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRe
     async def metrics_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         status = 499
-        in_flight.inc()
+        counted = request.path != SCRAPE_PATH
+        if counted:
+            in_flight.inc()
         try:
             response = await handler(request)
             status = response.status
@@ -92,7 +97,8 @@ def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRe
             status = 500
             raise
         finally:
-            in_flight.dec()
+            if counted:
+                in_flight.dec()
             metrics.observe_request(
                 _endpoint(request), request.get(MODEL, NONE), request.get(KEY_ID, NONE),
                 status, time.perf_counter() - started,

@@ -6,8 +6,10 @@ from imagegate.config.schema import Config
 from imagegate.middlewares.auth import auth_middleware
 from imagegate.middlewares.context import context_middleware, set_request_id_header
 from imagegate.middlewares.errors import errors_middleware
+from imagegate.middlewares.headers import enforce_safe_headers
 from imagegate.middlewares.keys import CONFIG
 from imagegate.middlewares.metrics import Metrics, metrics_middleware
+from imagegate.middlewares.redact import configured_secrets, register
 from imagegate.middlewares.rewrite import rewrite_middleware
 from imagegate.proxy import handlers
 from imagegate.proxy.gateway import GATEWAY, Gateway
@@ -22,6 +24,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
                router: Router | None = None, store: ImageStore | None = None,
                multiprocess: bool = False, rest_sync_s: float = 1.0) -> web.Application:
     registry = registry if registry is not None else CollectorRegistry()
+    register(configured_secrets(config))  # scrubbed from every error body and log line
     metrics = Metrics(registry, multiprocess=multiprocess)
     gateway = Gateway(config, metrics, router, store, rest_sync_s)
     middlewares = [
@@ -37,6 +40,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app[CONFIG] = config
     app[GATEWAY] = gateway
     app.on_response_prepare.append(set_request_id_header)
+    app.on_startup.append(_last_response_hook)
     app.cleanup_ctx.append(gateway.lifecycle)
     app.router.add_post("/v1/images/generations", handlers.generations)
     app.router.add_post("/v1/images/edits", handlers.edits)
@@ -48,6 +52,11 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     return app
+
+
+async def _last_response_hook(app: web.Application) -> None:
+    """The header safety net runs after every other on_response_prepare hook."""
+    app.on_response_prepare.append(enforce_safe_headers)
 
 
 def _exposed_registry(metrics: Metrics, multiprocess: bool) -> CollectorRegistry:

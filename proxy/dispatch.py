@@ -17,12 +17,8 @@ from imagegate.middlewares.keys import IMAGES, MODEL, PROVIDER, ROUTED, Routed
 from imagegate.proxy import forms, images, sse
 from imagegate.proxy.gateway import GATEWAY
 from imagegate.proxy.relay import relay, rewrite_json, usage_of
-from imagegate.proxy.routing import RouteState
+from imagegate.proxy.routing import RouteState, provider_failed
 from imagegate.proxy.upstream import AnswerBroken, ProviderState
-
-RETRYABLE = frozenset({"upstream_unavailable", "upstream_timeout", "upstream_auth_failed",
-                       "upstream_rate_limited", "upstream_busy"})
-
 
 Attempt = Callable[[RouteState, ProviderState], Awaitable[Any]]
 
@@ -38,39 +34,50 @@ async def dispatch(request: web.Request, plan: list[RouteState], attempt: Attemp
     last: GatewayError | None = None
     refused: GatewayError | None = None
     failures = 0
-    for route in plan:
-        state = gw.upstream.providers[route.provider]
-        try:
-            result = await attempt(route, state)
-        except Unsuitable as skip:  # this route cannot do what was asked; another may
-            refused = refused or skip.error
-            continue
-        except AnswerBroken as broken:  # the route failed, but the answer was already going out
-            if gw.router.failed(route):
-                await gw.share_rest(route)
-            request[PROVIDER] = route.provider
-            return broken.response
-        except GatewayError as error:
-            if error.code not in RETRYABLE:
-                raise
+    tried: list[RouteState] = []
+    try:
+        for route in plan:
+            if not gw.router.admit(route):  # half-open, its one probe already out
+                continue
+            tried.append(route)
+            state = gw.upstream.providers[route.provider]
+            try:
+                result = await attempt(route, state)
+            except Unsuitable as skip:  # this route cannot do what was asked; another may
+                refused = refused or skip.error
+                continue
+            except AnswerBroken as broken:  # the route failed, but the answer was going out
+                await fail(gw, route, None)
+                request[PROVIDER] = route.provider
+                return broken.response
+            except GatewayError as error:
+                if not provider_failed(error):  # the client's, or the gateway's own
+                    raise
+                if failures:
+                    gw.metrics.child(gw.metrics.retries, route.provider).inc()
+                failures += 1
+                await fail(gw, route, error)
+                last = error
+                if not replayable():
+                    break
+                continue
+            if result is None:
+                continue
             if failures:
                 gw.metrics.child(gw.metrics.retries, route.provider).inc()
-            failures += 1
-            if error.code != "upstream_busy" and gw.router.failed(route):  # our cap is not health
-                await gw.share_rest(route)
-            last = error
-            if not replayable():
-                break
-            continue
-        if result is None:
-            continue
-        if failures:
-            gw.metrics.child(gw.metrics.retries, route.provider).inc()
-        gw.router.succeeded(route)
-        request[PROVIDER] = route.provider
-        return result
+            gw.router.succeeded(route)
+            request[PROVIDER] = route.provider
+            return result
+    finally:
+        gw.router.release(tried)  # a probe not settled (hang-up, storage) is free again
     raise last or refused or GatewayError("upstream_unavailable", "No route of this model can "
                                           "serve this request.")
+
+
+async def fail(gw: Any, route: RouteState, error: GatewayError | None) -> None:
+    rested = gw.router.failed(route, error)
+    if rested:
+        await gw.share_rest(route, rested)
 
 
 class Unsuitable(Exception):

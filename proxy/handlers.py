@@ -210,7 +210,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    problem = await gw.check_ready()
-    if problem:
-        return web.json_response({"status": "unavailable", "reason": problem}, status=503)
+    ready, down = await gw.check_ready()
+    if not ready:
+        return web.json_response({"status": "unavailable",
+                                  "reason": f"{' and '.join(down)} unreachable"}, status=503)
+    if down:  # serving without it (state.on_redis_error: open)
+        return web.json_response({"status": "degraded", "degraded": down})
     return web.json_response({"status": "ready"})

@@ -71,17 +71,22 @@ async def render(upstream: Upstream, state: ProviderState, req: ImageRequest,
     """An offline provider's attempt: capped, logged and counted like an HTTP one."""
     if state.in_flight >= state.config.max_concurrency:
         raise GatewayError("upstream_busy", f"The provider '{state.name}' is at its concurrency "
-                           "limit.", headers={"retry-after": "1"})
+                           "limit.", headers={"retry-after": "1"},
+                           gateway_fault=True)
     started, outcome = time.perf_counter(), "error"
+    failure: GatewayError | None = None
     state.in_flight += 1
     try:
         result = await asyncio.to_thread(make, req)
         outcome = "ok"
         return result
+    except GatewayError as exc:
+        failure = exc
+        raise
     finally:
         state.in_flight -= 1
         upstream.record(state.name, req.model, "render", 200 if outcome == "ok" else 0, outcome,
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, error=failure)
 
 
 async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequest,
@@ -99,7 +104,8 @@ async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequ
             received = UpstreamResponse(status=resp.status, body=body,
                                         headers={k.lower(): v for k, v in resp.headers.items()},
                                         received_at=int(time.time()))
-        return adapter.decode_response(received)  # type: ignore[misc]
+            # decoded inside the attempt: its log line carries the provider's error message
+            return adapter.decode_response(received)  # type: ignore[misc]
 
     outcomes = await asyncio.gather(*(one(up) for up in encoded), return_exceptions=True)
     results = [o for o in outcomes if isinstance(o, ProviderResult)]

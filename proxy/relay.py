@@ -11,6 +11,7 @@ from aiohttp import web
 from imagegate.adapters.base import safe_message, status_error
 from imagegate.config.api import ErrorEnvelope, Usage
 from imagegate.config.errors import GatewayError
+from imagegate.middlewares.headers import retry_after, safe_value
 from imagegate.proxy.upstream import AnswerBroken
 
 RELAY_WHOLE_BYTES = 4 * 1024 * 1024  # answers up to this are read whole; larger ones stream
@@ -58,7 +59,15 @@ def usage_of(body: bytes) -> Usage | None:
 
 
 def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
-    return {h: resp.headers[h] for h in RELAYED_HEADERS if h in resp.headers}
+    """The provider's headers worth relaying, each checked (a `Retry-After: 1\x01` is not
+    written raw: aiohttp would refuse it and the client would get an empty reply)."""
+    out = {}
+    for name in RELAYED_HEADERS:
+        value = resp.headers.get(name)
+        safe = retry_after(value) if name == "retry-after" else safe_value(value or "")
+        if safe is not None:
+            out[name] = safe
+    return out
 
 
 async def raise_for_upstream(resp: aiohttp.ClientResponse, provider: str) -> None:
@@ -68,6 +77,7 @@ async def raise_for_upstream(resp: aiohttp.ClientResponse, provider: str) -> Non
         return
     retry_after = resp.headers.get("retry-after")
     message = ""
+    said = await _provider_message(resp)
     if status in (401, 403):  # the operator's clue: OpenAI's code and type, never its text
         try:
             refused = _error_view.decode(await resp.read()).error
@@ -76,17 +86,24 @@ async def raise_for_upstream(resp: aiohttp.ClientResponse, provider: str) -> Non
         except (msgspec.DecodeError, msgspec.ValidationError):
             log.warning("upstream_refused_credentials", provider=provider, status=status)
     if status == 429:
-        try:
-            envelope = _error_view.decode(await resp.read())
-            message = safe_message(envelope.error.message)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            pass
+        message = said or ""
         if "quota" in message.lower() and "exceeded your current quota" in message.lower():
-            raise GatewayError("insufficient_quota", message)
+            error = GatewayError("insufficient_quota", message)
+            error.provider_message = said
+            raise error
     error = status_error(status, message, retry_after=retry_after)
     if error.code == "upstream_unavailable":
         error.message = f"The provider '{provider}' failed (HTTP {status})."
+    error.provider_message = said
     raise error
+
+
+async def _provider_message(resp: aiohttp.ClientResponse) -> str | None:
+    """OpenAI's error message, made safe (for the attempt's log line and 429 answers)."""
+    try:
+        return safe_message(_error_view.decode(await resp.read()).error.message)
+    except (msgspec.DecodeError, msgspec.ValidationError, aiohttp.ClientError, TimeoutError):
+        return None
 
 
 async def relay(request: web.Request, resp: aiohttp.ClientResponse, provider: str,

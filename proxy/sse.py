@@ -13,6 +13,7 @@ from aiohttp import web
 from imagegate.adapters.base import ImageRequest, sniff_mime
 from imagegate.config.api import ErrorBody, Image, ImagesResponse, ImageStreamEvent, Usage
 from imagegate.config.errors import GatewayError
+from imagegate.middlewares.redact import scrub
 
 KEEPALIVE = b": keep-alive\n\n"
 log = structlog.get_logger("imagegate.sse")
@@ -77,7 +78,8 @@ async def stream_images(request: web.Request,
                 "server_error", "The gateway failed unexpectedly.")
             if not isinstance(exc, GatewayError):
                 log.exception("unhandled_error_in_stream")
-            envelope = _ErrorEvent(ErrorBody(error.message, error.type, error.param, error.code))
+            envelope = _ErrorEvent(ErrorBody(scrub(error.message), error.type, error.param,
+                                             error.code))
             await out.write(frame("error", _encode(envelope)))
         else:
             for data in completed_events(body, kind, req):

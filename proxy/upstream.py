@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -10,12 +11,34 @@ from typing import Any
 import aiohttp
 import structlog
 from imagegate.adapters import ADAPTERS
-from imagegate.adapters.base import Adapter
+from imagegate.adapters.base import Adapter, safe_message
 from imagegate.config.errors import GatewayError
 from imagegate.config.schema import Config, Provider
 from imagegate.middlewares.metrics import Metrics
 
 log = structlog.get_logger("imagegate.upstream")
+# The gateway's request id goes upstream under the header the provider documents (OpenAI:
+# X-Client-Request-Id), else as a plain x-request-id; the provider's own id for the attempt log
+# line is read from these answer headers, first found wins.
+SENT_ID_HEADER = {"openai": "X-Client-Request-Id"}
+ANSWER_ID_HEADERS = ("x-request-id", "request-id")
+
+
+_SECRETS = re.compile(r"\b(?:sk|ig|key)-[^\s'\"]+|Bearer\s+\S+", re.IGNORECASE)
+
+
+def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """A provider's message fit for the log: no base64 or data URLs (safe_message), no key."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return safe_message(_SECRETS.sub("[redacted]", text))
+
+
+def request_id() -> str | None:
+    """The id of the request being answered (bound by the context middleware)."""
+    value = structlog.contextvars.get_contextvars().get("request_id")
+    return value if isinstance(value, str) else None
 
 
 @contextmanager
@@ -40,6 +63,8 @@ class AnswerBroken(Exception):
 
 
 def outcome_of(status: int) -> str:
+    if 300 <= status < 400:
+        return "redirected"
     if status < 400:
         return "ok"
     if status in (401, 403):
@@ -97,23 +122,36 @@ class Upstream:
             self.metrics.child(self.metrics.upstream, provider, model, "busy").inc()
             raise GatewayError(
                 "upstream_busy", f"The provider '{provider}' is at its concurrency limit.",
-                headers={"retry-after": "1"},
+                headers={"retry-after": "1"}, gateway_fault=True,
             )
         assert self.session is not None
         state.in_flight += 1
         started, outcome, status = time.perf_counter(), "connection_error", 0
+        upstream_id: str | None = None
+        failure: GatewayError | None = None
+        ours = request_id()
+        sent = {SENT_ID_HEADER.get(state.config.type, "x-request-id"): ours} if ours else {}
         try:
             with map_upstream_errors(provider):
                 async with self.session.request(
                     method, state.base_url + path, data=data,
-                    headers={**state.headers, **headers},
+                    headers={**sent, **state.headers, **headers},
                     timeout=state.stream_timeout if stream else state.timeout,
+                    allow_redirects=False,  # a provider that redirects is misconfigured
                 ) as resp:
                     status, outcome = resp.status, outcome_of(resp.status)
+                    upstream_id = next((resp.headers[h] for h in ANSWER_ID_HEADERS
+                                        if h in resp.headers), None)
+                    if 300 <= status < 400:
+                        raise GatewayError("upstream_unavailable", f"The provider '{provider}' "
+                                           f"answered with a redirect (HTTP {status}).")
                     yield resp
         except GatewayError as exc:
+            failure = exc
             if exc.code == "upstream_timeout":
                 outcome = "timeout"
+            elif outcome == "ok" and not exc.gateway_fault:
+                outcome = "bad_answer"  # a 2xx that carried no usable image
             raise
         except AnswerBroken:
             outcome = "broken"
@@ -123,13 +161,25 @@ class Upstream:
             raise
         finally:
             state.in_flight -= 1
-            self.record(provider, model, path, status, outcome, time.perf_counter() - started)
+            self.record(provider, model, path, status, outcome, time.perf_counter() - started,
+                        upstream_id=upstream_id, error=failure)
 
     def record(self, provider: str, model: str, path: str, status: int, outcome: str,
-               seconds: float) -> None:
-        """The metrics and the log line of one attempt (an HTTP call or an offline render)."""
+               seconds: float, *, upstream_id: str | None = None,
+               error: GatewayError | None = None) -> None:
+        """The metrics and the log line of one attempt (an HTTP call or an offline render):
+        the provider's own request id (what its support desk asks for) and, when it failed,
+        the error code and the provider's message made safe (no secrets, no base64)."""
         m = self.metrics
         m.child(m.upstream, provider, model, outcome).inc()
         m.child(m.upstream_duration, provider, model).observe(seconds)
+        extra: dict[str, Any] = {}
+        if upstream_id:
+            extra["upstream_request_id"] = safe_message(upstream_id, 128)
+        if error is not None:
+            state = self.providers.get(provider)
+            key = getattr(state.config, "api_key", "") if state is not None else ""
+            extra["error_code"] = error.code
+            extra["error"] = scrub(error.provider_message or error.message, (key,))
         log.info("upstream", provider=provider, model=model, path=path, status=status,
-                 outcome=outcome, duration_ms=round(seconds * 1000, 2))
+                 outcome=outcome, duration_ms=round(seconds * 1000, 2), **extra)

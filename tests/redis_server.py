@@ -18,7 +18,7 @@ def free_port() -> int:
 
 @contextmanager
 def redis_server(workdir: Path, port: int | None = None) -> Iterator[str]:
-    """A redis-server until the block ends (`port`: the same address again, for a restart)."""
+    """A fresh server; `port` starts it again where an earlier one was (down, then up)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (.ci/run installs it with apt)")
