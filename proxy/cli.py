@@ -79,11 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def print_routes(config: Any) -> None:
-    rows = [("MODEL", "PROVIDER", "TYPE", "UPSTREAM MODEL", "PRIORITY", "WEIGHT")]
+    rows = [("MODEL", "PROVIDER", "TYPE", "UPSTREAM MODEL", "PRIORITY", "WEIGHT", "PRICE")]
     for name, model in config.models.items():
         for r in model.routes:
             rows.append((name, r.provider, config.providers[r.provider].type, r.model or name,
-                         str(r.priority), f"{r.weight:g}"))
+                         str(r.priority), f"{r.weight:g}", price_text(r.price)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
@@ -93,11 +93,41 @@ def print_routes(config: Any) -> None:
     limited = limited_keys(config)
     if limited:
         print(f"note: limits of {', '.join(limited)} are not enforced by this version")
+    for warning in unpriced_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def price_text(price: Any) -> str:
+    if price is None:
+        return "unpriced"
+    if price.tokens is not None:
+        return "tokens"
+    if isinstance(price.per_image, dict):
+        return "per-image table"
+    return f"${price.per_image:g}/image"
+
+
+def unpriced_warnings(config: Any) -> list[str]:
+    """Each unpriced route a key with a USD budget can reach: its spend would go uncounted."""
+    out = []
+    for key in config.auth.keys:
+        budget = key.budget
+        if budget is None or (budget.usd_per_day is None and budget.usd_per_month is None):
+            continue
+        for name, model in config.models.items():
+            if key.models is not None and name not in key.models:
+                continue
+            for i, r in enumerate(model.routes):
+                if r.price is None:
+                    out.append(f"models.{name}.routes[{i}] ({r.provider}) has no price: the "
+                               f"USD budget of key '{key.id}' cannot count what it spends there")
+    return out
 
 
 def limited_keys(config: Any) -> list[str]:
-    return [k.id for k in config.auth.keys
-            if any(v is not None for v in msgspec.structs.astuple(k.limits))]
+    from imagegate.middlewares.plans import policies
+
+    return [k for k, p in policies(config.auth).items() if p.limits is not None]
 
 
 def serve(config: Any, args: argparse.Namespace) -> int:
