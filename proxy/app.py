@@ -9,9 +9,9 @@ from imagegate.middlewares.errors import errors_middleware
 from imagegate.middlewares.headers import enforce_safe_headers
 from imagegate.middlewares.keys import CONFIG
 from imagegate.middlewares.metrics import Metrics, metrics_middleware
+from imagegate.middlewares.parse import parse_middleware
 from imagegate.middlewares.redact import configured_secrets, register
-from imagegate.middlewares.rewrite import rewrite_middleware
-from imagegate.proxy import handlers
+from imagegate.proxy import endpoints
 from imagegate.proxy.gateway import GATEWAY, Gateway
 from imagegate.proxy.routing import Router
 from imagegate.proxy.storage import ImageStore
@@ -27,13 +27,21 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     register(configured_secrets(config))  # scrubbed from every error body and log line
     metrics = Metrics(registry, multiprocess=multiprocess)
     gateway = Gateway(config, metrics, router, store, rest_sync_s)
+    # The order is fixed here and only here:
+    # - context and metrics outermost, errors inside them: the access log and requests_total
+    #   see every final status, errors included;
+    # - auth before anything reads the body: an unknown key costs no parsing;
+    # - parse (DESIGN's rewrite step) before the usage layers: rate limits count `n` and apply
+    #   per-model overrides, and both are known only once the body's head is read and the
+    #   model's aliases and defaults resolved; parse also checks the key's model allowlist;
+    # - idempotency and rate limits (when they exist) then sit between parse and the handler,
+    #   idempotency first, so a replayed answer consumes no limit.
     middlewares = [
         context_middleware(),
         metrics_middleware(metrics),
-        errors_middleware(),  # inside context/metrics: they see every final status
+        errors_middleware(),
         auth_middleware(config.auth),
-        # rate limits take their place here, between auth and rewrite
-        rewrite_middleware(config, gateway.models),
+        parse_middleware(config, gateway.models),
     ]
     app = web.Application(middlewares=middlewares,
                           client_max_size=config.server.max_request_bytes)
@@ -42,15 +50,14 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.on_response_prepare.append(set_request_id_header)
     app.on_startup.append(_last_response_hook)
     app.cleanup_ctx.append(gateway.lifecycle)
-    app.router.add_post("/v1/images/generations", handlers.generations)
-    app.router.add_post("/v1/images/edits", handlers.edits)
-    app.router.add_post("/v1/images/variations", handlers.variations)
-    app.router.add_get("/v1/models", handlers.list_models)
-    app.router.add_get("/v1/models/{model}", handlers.get_model)
-    app.router.add_get("/v1/images/files/{name}", handlers.hosted_file)
+    for path in ("generations", "edits", "variations"):
+        app.router.add_post(f"/v1/images/{path}", endpoints.images)
+    app.router.add_get("/v1/models", endpoints.list_models)
+    app.router.add_get("/v1/models/{model}", endpoints.get_model)
+    app.router.add_get("/v1/images/files/{name}", endpoints.hosted_file)
     app.router.add_get("/metrics", make_aiohttp_handler(_exposed_registry(metrics, multiprocess)))
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/healthz", endpoints.healthz)
+    app.router.add_get("/readyz", endpoints.readyz)
     return app
 
 

@@ -10,9 +10,9 @@ from aiohttp import web
 from imagegate.config.api import Usage
 from imagegate.config.schema import Config
 from imagegate.middlewares.metrics import Metrics
-from imagegate.middlewares.rewrite import ModelTable
+from imagegate.middlewares.parse import ModelTable
 from imagegate.proxy.fetch import Fetcher
-from imagegate.proxy.images import Finisher
+from imagegate.proxy.finish import Finisher
 from imagegate.proxy.rests import SharedRests
 from imagegate.proxy.routing import Router, RouteState
 from imagegate.proxy.storage import ImageStore
@@ -25,6 +25,7 @@ class Gateway:
         self.config = config
         self.metrics = metrics
         self.models = ModelTable(config)
+        self.model_lists: dict[tuple[str, ...], bytes] = {}  # encoded /v1/models answers
         self.router = router or Router(config, metrics)
         self.upstream = Upstream(config, metrics)
         self.store = store or ImageStore(config.storage, redis_url=config.state.redis_url)
@@ -40,6 +41,13 @@ class Gateway:
         """A route this gateway sent to rest rests on every gateway sharing the Redis."""
         if self.shared is not None:
             await self.shared.publish(route, seconds or self.config.routing.cooldown_s)
+
+    def count_retry(self, route: RouteState) -> None:
+        self.metrics.child(self.metrics.retries, route.provider).inc()
+
+    def base_url(self, request: web.Request) -> str:
+        """Where hosted links point: the configured or served address, else the request's."""
+        return self.public_base_url or f"{request.scheme}://{request.host}"
 
     def count_images(self, model: str, provider: str, count: int, usage: Usage | None) -> None:
         m = self.metrics

@@ -54,7 +54,7 @@ def _parse(config: Config) -> Any:
         body = msgspec.json.decode(await request.read(), type=ImageGenerateRequest)
         model = body.model or "img"
         request[PARSED] = ParsedRequest("generations", model, config.models[model], body.n or 1,
-                                        bool(body.stream), body, None)
+                                        bool(body.stream), body, None, None, {})
         return await handler(request)
 
     return parse_mw
