@@ -306,9 +306,6 @@ class RedisBackend:
                 pipe.zadd(key, {ticket: expires}, xx=True)
         await pipe.execute()
 
-    async def ping(self) -> None:
-        await self.client.ping()
-
     async def close(self) -> None:
         await self.client.aclose()
 
@@ -324,7 +321,6 @@ class Limiter:
         self.redis = RedisBackend(state.redis_url, lease_ttl_s) if state.backend == "redis" \
             else None
         self.down_until = self.warned_at = -1e18
-        self.degraded = False
         self.retry_s = REDIS_RETRY_S
 
     async def admit(self, plan: Plan) -> Decision:
@@ -332,9 +328,7 @@ class Limiter:
         ticket = new_ticket()
         if self.redis is not None and time.monotonic() >= self.down_until:
             try:
-                decision = await self.redis.admit(plan, ticket, now)
-                self.degraded = False
-                return decision
+                return await self.redis.admit(plan, ticket, now)
             except self.redis.errors as exc:
                 self._failed(exc)
         if self.redis is not None and self.mode == "closed":
@@ -354,24 +348,12 @@ class Limiter:
             self._failed(exc)  # the lease expires by itself; the spend is lost
 
     def _failed(self, exc: BaseException) -> None:
-        self.down_until, self.degraded = time.monotonic() + self.retry_s, True
+        self.down_until = time.monotonic() + self.retry_s
         now = time.monotonic()
         if now - self.warned_at >= WARN_EVERY_S:
             self.warned_at = now
             log.warning("shared_limits_unreachable", error=type(exc).__name__,
                         fallback="per-process memory limits" if self.mode == "open" else "503")
-
-    async def ready(self) -> str | None:
-        """/readyz: None when limits are shared as configured, else what is wrong."""
-        if self.redis is None:
-            return None
-        try:
-            await self.redis.ping()
-        except self.redis.errors:
-            return "redis is unreachable: " + (
-                "limits are enforced per process" if self.mode == "open" else
-                "limited requests are refused")
-        return None
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """cleanup_ctx: renews held leases while the app runs; closes the Redis client."""

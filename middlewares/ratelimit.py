@@ -22,11 +22,13 @@ from imagegate.middlewares.plans import (
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+Middleware = Callable[..., Awaitable[web.StreamResponse]]
 
 
-def ratelimit_middleware(auth: AuthConfig, limiter: Limiter, metrics: Metrics) -> Middleware:
-    table = policies(auth)  # built once; a key without limits or budget skips admission
+def ratelimit_middleware(auth: AuthConfig, limiter: Limiter | None,
+                         metrics: Metrics) -> Middleware:
+    """`limiter` None: nothing is limited, answers are only priced."""
+    table = policies(auth) if limiter is not None else {}  # a key absent here: no admission
 
     @web.middleware
     async def ratelimit_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -41,6 +43,7 @@ def ratelimit_middleware(auth: AuthConfig, limiter: Limiter, metrics: Metrics) -
             if cost is not None and not response.prepared:
                 response.headers["x-imagegate-cost-usd"] = usd_text(cost)
             return response
+        assert limiter is not None
         return await _admitted(request, handler, policy, limiter, metrics)
 
     return ratelimit_mw

@@ -1,6 +1,9 @@
 """The app factory: the middleware chain in its one fixed order, the routes, the lifecycle."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from aiohttp import web
 from imagegate.config.schema import Config
 from imagegate.middlewares.auth import auth_middleware
@@ -8,8 +11,11 @@ from imagegate.middlewares.context import context_middleware, set_request_id_hea
 from imagegate.middlewares.errors import errors_middleware
 from imagegate.middlewares.headers import enforce_safe_headers
 from imagegate.middlewares.keys import CONFIG
+from imagegate.middlewares.limits import Limiter
 from imagegate.middlewares.metrics import Metrics, metrics_middleware
 from imagegate.middlewares.parse import parse_middleware
+from imagegate.middlewares.plans import policies
+from imagegate.middlewares.ratelimit import apply_usage_headers, ratelimit_middleware
 from imagegate.middlewares.redact import configured_secrets, register
 from imagegate.proxy import endpoints
 from imagegate.proxy.gateway import GATEWAY, Gateway
@@ -22,7 +28,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None,
                router: Router | None = None, store: ImageStore | None = None,
-               multiprocess: bool = False, rest_sync_s: float = 1.0) -> web.Application:
+               multiprocess: bool = False, rest_sync_s: float = 1.0,
+               clock: Callable[[], float] = time.time) -> web.Application:
     registry = registry if registry is not None else CollectorRegistry()
     register(configured_secrets(config))  # scrubbed from every error body and log line
     metrics = Metrics(registry, multiprocess=multiprocess)
@@ -34,22 +41,28 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     # - parse (DESIGN's rewrite step) before the usage layers: rate limits count `n` and apply
     #   per-model overrides, and both are known only once the body's head is read and the
     #   model's aliases and defaults resolved; parse also checks the key's model allowlist;
-    # - idempotency and rate limits (when they exist) then sit between parse and the handler,
-    #   idempotency first, so a replayed answer consumes no limit.
+    # - idempotency and rate limits then sit between parse and the handler, idempotency
+    #   first, so a replayed answer consumes no limit; with no limit or budget configured the
+    #   usage layer only prices answers (no admission, no shared state).
+    limiter = Limiter(config.state, clock) if policies(config.auth) else None
     middlewares = [
         context_middleware(),
         metrics_middleware(metrics),
         errors_middleware(),
         auth_middleware(config.auth),
         parse_middleware(config, gateway.models),
+        ratelimit_middleware(config.auth, limiter, metrics),
     ]
     app = web.Application(middlewares=middlewares,
                           client_max_size=config.server.max_request_bytes)
     app[CONFIG] = config
     app[GATEWAY] = gateway
     app.on_response_prepare.append(set_request_id_header)
+    app.on_response_prepare.append(apply_usage_headers)
     app.on_startup.append(_last_response_hook)
     app.cleanup_ctx.append(gateway.lifecycle)
+    if limiter is not None:
+        app.cleanup_ctx.append(limiter.lifecycle)
     for path in ("generations", "edits", "variations"):
         app.router.add_post(f"/v1/images/{path}", endpoints.images)
     app.router.add_get("/v1/models", endpoints.list_models)

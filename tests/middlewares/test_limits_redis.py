@@ -102,12 +102,10 @@ async def test_redis_down_open_falls_back_to_memory_and_recovers(aiohttp_client:
         assert (await gen(b)).status == 200
     warnings = [e for e in logs if e["event"] == "shared_limits_unreachable"]
     assert len(warnings) == 2  # once for each gateway, not once for each request
-    assert "per process" in (await a.limiter.ready() or "")
     with redis_server(tmp_path, port):  # back (empty, as a restarted Redis): shared again
         assert (await gen(b)).status == 200
         assert (await gen(a)).status == 200
         assert (await gen(b)).status == 429  # memory alone would still have let b through
-        assert await a.limiter.ready() is None
 
 
 async def test_redis_down_closed_refuses_with_503(aiohttp_client: Any, tmp_path: Any) -> None:
@@ -119,7 +117,6 @@ async def test_redis_down_closed_refuses_with_503(aiohttp_client: Any, tmp_path:
     refused = await gen(a)
     assert refused.status == 503 and int(refused.headers["retry-after"]) >= 1
     assert (await refused.json())["error"]["code"] == "upstream_unavailable"
-    assert "refused" in (await a.limiter.ready() or "")
     with redis_server(tmp_path, port):
         resp = await gen(a)
         assert resp.status == 200 and resp.headers["x-ratelimit-remaining-requests"] == "4"
