@@ -91,8 +91,9 @@ def print_routes(config: Any) -> None:
     print(f"\n{len(config.models)} models, {len(config.providers)} providers, {keys} API keys"
           + ("" if keys else " (open gateway)"))
     limited = limited_keys(config)
-    if limited:
-        print(f"note: limits of {', '.join(limited)} are not enforced by this version")
+    if limited and config.state.backend == "memory":
+        print(f"note: state.backend is memory: the limits and budgets of {', '.join(limited)} "
+              "hold per process (with --workers N, each worker enforces them on its own)")
     for warning in unpriced_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)
 
@@ -125,9 +126,19 @@ def unpriced_warnings(config: Any) -> list[str]:
 
 
 def limited_keys(config: Any) -> list[str]:
+    """Key ids with limits or a budget (`anonymous`: an open gateway's default_limits)."""
     from imagegate.middlewares.plans import policies
 
-    return [k for k, p in policies(config.auth).items() if p.limits is not None]
+    return list(policies(config.auth))
+
+
+def per_worker_warning(config: Any, workers: int) -> str | None:
+    """Limits kept in memory are never silently multiplied by the worker count: it is said."""
+    if workers <= 1 or config.state.backend != "memory" or not limited_keys(config):
+        return None
+    return (f"state.backend is memory: each of the {workers} workers enforces the limits and "
+            f"budgets on its own, so together they admit up to {workers} times each limit; "
+            "use state.backend: redis to share them")
 
 
 def serve(config: Any, args: argparse.Namespace) -> int:
@@ -158,6 +169,9 @@ def supervise(config: Any, count: int) -> int:
     so, for the process supervisor (systemd, Kubernetes) to restart the gateway."""
     configure_logging(config.server.log_level)
     log = structlog.get_logger("imagegate")
+    detail = per_worker_warning(config, count)
+    if detail:
+        log.warning("limits_per_worker", workers=count, keys=limited_keys(config), detail=detail)
     ctx = multiprocessing.get_context("spawn")
     workers = [ctx.Process(target=run_worker, args=(config, True)) for _ in range(count)]
     for w in workers:
@@ -197,9 +211,6 @@ def run_worker(config: Any, multiprocess: bool) -> None:
     app = create_app(config, multiprocess=multiprocess)
     log.info("starting", host=config.server.host, port=config.server.port, pid=os.getpid(),
              models=len(config.models))
-    if limited_keys(config):
-        log.warning("limits_not_enforced", keys=limited_keys(config),
-                    detail="auth.keys[].limits are accepted but not enforced by this version")
     web.run_app(app, host=config.server.host, port=config.server.port, print=None,
                 access_log=None, reuse_port=multiprocess, handler_cancellation=True,
                 shutdown_timeout=config.server.graceful_shutdown_s,

@@ -141,12 +141,12 @@ def test_designs_unquoted_vars_in_flow_mappings_load(tmp_path: Path,
     assert config.models["m"].routes[0].model == "gpt-image-1"
 
 
-def test_check_config_says_limits_are_not_enforced(capsys: pytest.CaptureFixture[str],
-                                                   tmp_path: Path) -> None:
+def test_check_config_says_memory_limits_hold_per_process(capsys: pytest.CaptureFixture[str],
+                                                          tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("auth: {keys: [{id: a, key: k, limits: {requests_per_minute: 5}}]}\n")
     assert main(["check-config", str(path)]) == 0
-    assert "limits of a are not enforced" in capsys.readouterr().out
+    assert "limits and budgets of a hold per process" in capsys.readouterr().out
 
 
 def test_check_config_warns_of_unpriced_routes_a_budget_reaches(
@@ -194,3 +194,17 @@ def test_limit_overrides_name_known_models_and_aliases_resolve() -> None:
         parse_config({**base, "auth": {"keys": [{"id": "a", "key": "k", "limits": {
             "models": {"nope": {"images_per_minute": 2}}}}]}}, env={})
     assert caught.value.path == "auth.keys[0].limits.models"
+
+
+def test_workers_without_redis_say_limits_are_per_worker() -> None:
+    from imagegate.proxy.cli import per_worker_warning
+
+    limited = parse_config({"auth": {"keys": [{"id": "a", "key": "k", "budget": {
+        "images_per_day": 5}}]}}, env={})
+    warning = per_worker_warning(limited, 4)
+    assert warning is not None and "up to 4 times each limit" in warning
+    assert per_worker_warning(limited, 1) is None
+    assert per_worker_warning(parse_config({}, env={}), 4) is None
+    shared = parse_config({"auth": {"default_limits": {"requests_per_minute": 5}},
+                           "state": {"backend": "redis"}}, env={})
+    assert per_worker_warning(shared, 4) is None
