@@ -59,3 +59,4 @@ PARSED = web.RequestKey("parsed", ParsedRequest)  # images POSTs, by middlewares
 OUTCOME = web.RequestKey("outcome", Outcome)  # images answers, by proxy/dispatch.py
 COST = web.RequestKey("cost_usd", float)  # the answer's cost, when its route has a price
 USAGE_HEADERS = web.RequestKey("usage_headers", dict)  # x-ratelimit-*, budget, cost headers
+IDEMPOTENCY = web.RequestKey("idempotency", str)  # first | replayed | coalesced, with a key

@@ -7,9 +7,12 @@ from collections.abc import Callable
 from aiohttp import web
 from imagegate.config.schema import Config
 from imagegate.middlewares.auth import auth_middleware
+from imagegate.middlewares.body import body_middleware, expect_handler
 from imagegate.middlewares.context import context_middleware, set_request_id_header
 from imagegate.middlewares.errors import errors_middleware
+from imagegate.middlewares.exactly_once import EXACTLY_ONCE, ExactlyOnce
 from imagegate.middlewares.headers import enforce_safe_headers
+from imagegate.middlewares.idempotency import idempotency_middleware
 from imagegate.middlewares.keys import CONFIG
 from imagegate.middlewares.limits import Limiter
 from imagegate.middlewares.metrics import Metrics, metrics_middleware
@@ -20,6 +23,8 @@ from imagegate.middlewares.redact import configured_secrets, register
 from imagegate.proxy import endpoints
 from imagegate.proxy.gateway import GATEWAY, Gateway
 from imagegate.proxy.routing import Router
+from imagegate.proxy.status import StatusBoard
+from imagegate.proxy.status_page import status_routes
 from imagegate.proxy.storage import ImageStore
 from prometheus_client import CollectorRegistry
 from prometheus_client import multiprocess as prom_multiprocess
@@ -29,11 +34,13 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 def create_app(config: Config, *, registry: CollectorRegistry | None = None,
                router: Router | None = None, store: ImageStore | None = None,
                multiprocess: bool = False, rest_sync_s: float = 1.0,
-               clock: Callable[[], float] = time.time) -> web.Application:
+               workers: int = 1, clock: Callable[[], float] = time.time
+               ) -> web.Application:
     registry = registry if registry is not None else CollectorRegistry()
     register(configured_secrets(config))  # scrubbed from every error body and log line
     metrics = Metrics(registry, multiprocess=multiprocess)
     gateway = Gateway(config, metrics, router, store, rest_sync_s)
+    once = ExactlyOnce(config, metrics, clock=clock)
     # The order is fixed here and only here:
     # - context and metrics outermost, errors inside them: the access log and requests_total
     #   see every final status, errors included;
@@ -48,29 +55,39 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     middlewares = [
         context_middleware(),
         metrics_middleware(metrics),
-        errors_middleware(),
-        auth_middleware(config.auth),
+        errors_middleware(),  # inside context/metrics: they see every final status
+        body_middleware(config.server.max_request_bytes),  # 413 / 415 before any body is read
+        auth_middleware(config.auth, config.server.admin_keys),
         parse_middleware(config, gateway.models),
+        idempotency_middleware(config, once),  # before rate limits: a replay uses none
         ratelimit_middleware(config.auth, limiter, metrics),
     ]
     app = web.Application(middlewares=middlewares,
                           client_max_size=config.server.max_request_bytes)
     app[CONFIG] = config
     app[GATEWAY] = gateway
+    app[EXACTLY_ONCE] = once
     app.on_response_prepare.append(set_request_id_header)
     app.on_response_prepare.append(apply_usage_headers)
     app.on_startup.append(_last_response_hook)
     app.cleanup_ctx.append(gateway.lifecycle)
-    if limiter is not None:
+    app.cleanup_ctx.append(once.lifecycle)  # after the gateway's: detached runs end first
+    if limiter is not None:  # after the detached runs too: they release their slots
         app.cleanup_ctx.append(limiter.lifecycle)
+    expect = expect_handler(config.server.max_request_bytes)
     for path in ("generations", "edits", "variations"):
-        app.router.add_post(f"/v1/images/{path}", endpoints.images)
-    app.router.add_get("/v1/models", endpoints.list_models)
-    app.router.add_get("/v1/models/{model}", endpoints.get_model)
-    app.router.add_get("/v1/images/files/{name}", endpoints.hosted_file)
-    app.router.add_get("/metrics", make_aiohttp_handler(_exposed_registry(metrics, multiprocess)))
-    app.router.add_get("/healthz", endpoints.healthz)
-    app.router.add_get("/readyz", endpoints.readyz)
+        app.router.add_post(f"/v1/images/{path}", endpoints.images, expect_handler=expect)
+    app.router.add_get("/v1/models", endpoints.list_models, expect_handler=expect)
+    app.router.add_get("/v1/models/{model}", endpoints.get_model, expect_handler=expect)
+    app.router.add_get("/v1/images/files/{name}", endpoints.hosted_file, expect_handler=expect)
+    exposed = _exposed_registry(metrics, multiprocess)
+    app.router.add_get("/metrics", make_aiohttp_handler(exposed), expect_handler=expect)
+    board = StatusBoard(lambda: gateway, exposed, workers=workers)
+    app.cleanup_ctx.append(board.run)
+    for route in status_routes(board):
+        app.router.add_route(route.method, route.path, route.handler, expect_handler=expect)
+    app.router.add_get("/healthz", endpoints.healthz, expect_handler=expect)
+    app.router.add_get("/readyz", endpoints.readyz, expect_handler=expect)
     return app
 
 

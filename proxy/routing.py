@@ -56,6 +56,8 @@ class Health:
         self.resting_until = 0.0
         self.half_open = False
         self.probe_until = 0.0  # a probe is out until then (its claim lapses if never settled)
+        self.last_failure: str | None = None  # for /status: the error code of the last failure
+        self.last_failure_at = 0.0  # wall clock
 
 
 class RouteState:
@@ -159,6 +161,8 @@ class Router:
         provider's own `retry-after` on a 429 or 503."""
         health = state.health
         health.failures += 1
+        health.last_failure = error.code if error is not None else "failed"
+        health.last_failure_at = time.time()
         seconds = 0.0
         if self.cooldown_s > 0 and (health.failures >= FAILURES_BEFORE_REST or health.half_open):
             seconds = self.cooldown_s

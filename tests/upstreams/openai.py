@@ -50,6 +50,7 @@ class Recorder:
     mode: str = "ok"  # ok | url | policy | auth | rate_limit | quota | server_error | unavailable
     delay_s: float = 0.0
     stream_gap_s: float = 0.01  # between the events of a stream
+    gate: asyncio.Event | None = None  # set: answers wait until it is set (a slow provider)
     retry_after: str = "7"  # on rate_limit and unavailable
     ids: list[str] = field(default_factory=list)  # the x-request-id of every answer, in order
     image_b64: str = PNG_B64
@@ -116,6 +117,8 @@ def make_app(recorder: Recorder) -> web.Application:
             return FAULTS["auth"](recorder)
         if recorder.delay_s:
             await asyncio.sleep(recorder.delay_s)
+        if recorder.gate is not None:
+            await recorder.gate.wait()
         if recorder.mode in FAULTS:
             return FAULTS[recorder.mode](recorder)
         if str(fields.get("stream")).lower() == "true":
