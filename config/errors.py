@@ -14,6 +14,8 @@ ERROR_CODES: Final[Mapping[str, tuple[int, str]]] = {
     "model_not_found": (404, INVALID),
     "method_not_allowed": (405, INVALID),
     "request_too_large": (413, INVALID),
+    "idempotency_key_in_use": (409, INVALID),
+    "idempotency_key_reused": (422, INVALID),
     "unsupported_encoding": (415, INVALID),
     "rate_limit_exceeded": (429, "rate_limit_error"),
     "content_policy_violation": (400, INVALID),

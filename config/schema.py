@@ -69,6 +69,12 @@ class StorageConfig(Strict, frozen=True):
         return f"StorageConfig(backend={self.backend!r}, path={self.path!r}, ttl_s={self.ttl_s})"
 
 
+class IdempotencyConfig(Strict, frozen=True):
+    ttl_s: PositiveFloat = 86400.0  # a finished answer is replayed this long
+    lease_s: Annotated[float, Meta(ge=1)] = 30.0  # an in-flight marker lives this long unrenewed
+    max_stored_bytes: Annotated[int, Meta(ge=0)] = 512 * 1024 * 1024  # memory backend only
+
+
 class FetchConfig(Strict, frozen=True):
     max_bytes: Annotated[int, Meta(ge=1)] = 50 * 1024 * 1024
     timeout_s: PositiveFloat = 30.0
@@ -151,6 +157,7 @@ class Config(Strict, frozen=True):
     state: StateConfig = StateConfig()
     storage: StorageConfig = StorageConfig()
     fetch: FetchConfig = FetchConfig()
+    idempotency: IdempotencyConfig = IdempotencyConfig()
     providers: dict[str, Provider] = {}
     models: dict[str, ModelConfig] = {}
     routing: RoutingConfig = RoutingConfig()

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
-from imagegate.middlewares.keys import KEY_ID, MODEL, OUTCOME, PROMPT, REQUEST_ID
+from imagegate.middlewares.keys import IDEMPOTENCY, KEY_ID, MODEL, OUTCOME, PROMPT, REQUEST_ID
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -53,6 +53,8 @@ def _access_line(
             getattr(response, "body", b"") or b""
         )
     extra = {"prompt": request[PROMPT]} if PROMPT in request else {}
+    if IDEMPOTENCY in request:
+        extra["idempotency"] = request[IDEMPOTENCY]
     outcome = request.get(OUTCOME)
     log.info(
         "request",

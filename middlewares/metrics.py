@@ -47,6 +47,10 @@ class Metrics:
                                registry=registry, multiprocess_mode=in_flight_mode)
         self.rate_limited = counter("rate_limited_total", "Requests refused by a key limit",
                                     ("key", "limit"))
+        self.idempotent_replays = counter("idempotent_replays_total", "Stored answers "
+                                          "replayed for an Idempotency-Key", ("key",))
+        self.idempotent_coalesced = counter("idempotent_coalesced_total", "Duplicates that "
+                                            "waited for the running request", ("key",))
         self.retries = counter("retries_total", "Attempts retried on another route",
                                ("provider",))
         self.upstream_in_flight = Gauge("imagegate_upstream_in_flight", "Upstream calls "

@@ -1,13 +1,18 @@
 """The app factory: the middleware chain in its one fixed order, the routes, the lifecycle."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from aiohttp import web
 from imagegate.config.schema import Config
 from imagegate.middlewares.auth import auth_middleware
 from imagegate.middlewares.body import body_middleware, expect_handler
 from imagegate.middlewares.context import context_middleware, set_request_id_header
 from imagegate.middlewares.errors import errors_middleware
+from imagegate.middlewares.exactly_once import EXACTLY_ONCE, ExactlyOnce
 from imagegate.middlewares.headers import enforce_safe_headers
+from imagegate.middlewares.idempotency import idempotency_middleware
 from imagegate.middlewares.keys import CONFIG
 from imagegate.middlewares.metrics import Metrics, metrics_middleware
 from imagegate.middlewares.parse import parse_middleware
@@ -26,11 +31,13 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 def create_app(config: Config, *, registry: CollectorRegistry | None = None,
                router: Router | None = None, store: ImageStore | None = None,
                multiprocess: bool = False, rest_sync_s: float = 1.0,
-               workers: int = 1) -> web.Application:
+               workers: int = 1, clock: Callable[[], float] = time.time
+               ) -> web.Application:
     registry = registry if registry is not None else CollectorRegistry()
     register(configured_secrets(config))  # scrubbed from every error body and log line
     metrics = Metrics(registry, multiprocess=multiprocess)
     gateway = Gateway(config, metrics, router, store, rest_sync_s)
+    once = ExactlyOnce(config, metrics, clock=clock)
     # The order is fixed here and only here:
     # - context and metrics outermost, errors inside them: the access log and requests_total
     #   see every final status, errors included;
@@ -47,14 +54,17 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
         body_middleware(config.server.max_request_bytes),  # 413 / 415 before any body is read
         auth_middleware(config.auth, config.server.admin_keys),
         parse_middleware(config, gateway.models),
+        idempotency_middleware(config, once),  # before rate limits: a replay uses none
     ]
     app = web.Application(middlewares=middlewares,
                           client_max_size=config.server.max_request_bytes)
     app[CONFIG] = config
     app[GATEWAY] = gateway
+    app[EXACTLY_ONCE] = once
     app.on_response_prepare.append(set_request_id_header)
     app.on_startup.append(_last_response_hook)
     app.cleanup_ctx.append(gateway.lifecycle)
+    app.cleanup_ctx.append(once.lifecycle)  # after the gateway's: detached runs end first
     expect = expect_handler(config.server.max_request_bytes)
     for path in ("generations", "edits", "variations"):
         app.router.add_post(f"/v1/images/{path}", endpoints.images, expect_handler=expect)

@@ -49,6 +49,7 @@ class Recorder:
     requests: list[Received] = field(default_factory=list)
     mode: str = "ok"  # ok | url | policy | auth | rate_limit | quota | server_error | unavailable
     delay_s: float = 0.0
+    gate: asyncio.Event | None = None  # set: answers wait until it is set (a slow provider)
     retry_after: str = "7"  # on rate_limit and unavailable
     ids: list[str] = field(default_factory=list)  # the x-request-id of every answer, in order
     image_b64: str = PNG_B64
@@ -115,6 +116,8 @@ def make_app(recorder: Recorder) -> web.Application:
             return FAULTS["auth"](recorder)
         if recorder.delay_s:
             await asyncio.sleep(recorder.delay_s)
+        if recorder.gate is not None:
+            await recorder.gate.wait()
         if recorder.mode in FAULTS:
             return FAULTS[recorder.mode](recorder)
         if str(fields.get("stream")).lower() == "true":
