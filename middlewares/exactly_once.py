@@ -44,6 +44,7 @@ class ExactlyOnce:
                  clock: Callable[[], float] = time.time) -> None:
         self.ttl_s, self.lease_s = config.idempotency.ttl_s, config.idempotency.lease_s
         self.grace_s = config.server.graceful_shutdown_s
+        self.fail_open = config.state.on_redis_error == "open"
         self.metrics, self.clock = metrics, clock
         self.ledger = ledger if ledger is not None else make_ledger(config, clock)
         self.tasks: set[asyncio.Task[web.StreamResponse]] = set()
@@ -72,8 +73,12 @@ class ExactlyOnce:
                 try:
                     claim = await self.ledger.claim(scope, fingerprint)
                 except self.ledger.errors:
-                    log.warning("idempotency_unavailable", action="claim")  # unprotected
-                    return await handler(request)
+                    log.warning("idempotency_unavailable", action="claim")
+                    if not self.fail_open:
+                        raise GatewayError("upstream_unavailable", "The gateway's shared state "
+                                           "is unavailable.", status=503,
+                                           headers={"retry-after": "5"}) from None
+                    return await handler(request)  # served without the protection
                 if claim.kind == "mismatch":
                     raise GatewayError("idempotency_key_reused", f"This {HEADER} was already "
                                        "used for a different request.", param=HEADER)
@@ -86,6 +91,8 @@ class ExactlyOnce:
                 waited = True
                 await self._wait(scope, deadline - time.monotonic())
         finally:
+            if waited:  # others still waiting on it fall back to polling
+                self.changed.pop(scope, None)
             if not detached:
                 close()
 

@@ -125,11 +125,16 @@ class MemoryLedger:
             del self.entries[scope]
 
     def _expire(self, now: float) -> None:
-        """Drops expired answers from the front (they are kept in the order they finished)."""
-        for scope in [s for s, e in self.entries.items() if e.answer is not None][:64]:
-            answer = self.entries[scope].answer
-            if answer is None or answer.expires_at > now:
+        """Drops expired answers from the front (kept in the order they finished; one that
+        ends early, with its links, is dropped when it is next asked for)."""
+        expired: list[str] = []
+        for scope, entry in self.entries.items():
+            if entry.answer is None:
+                continue
+            if entry.answer.expires_at > now or len(expired) >= 64:
                 break
+            expired.append(scope)
+        for scope in expired:
             self._drop(scope)
 
     async def close(self) -> None:

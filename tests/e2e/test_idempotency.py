@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 from imagegate.config.schema import Config
 from imagegate.middlewares.exactly_once import EXACTLY_ONCE, HEADER, scope_of
 from imagegate.middlewares.idempotency import json_fingerprint
@@ -310,3 +311,67 @@ async def test_local_edits_and_variations_replay(start: Any, openai_upstream: An
         assert raw.headers["idempotent-replayed"] == "true"
     recorder, _ = openai_upstream
     assert [r.path for r in recorder.requests] == ["/images/variations"]
+
+
+async def test_a_relayed_stream_whose_client_hung_up_is_replayed(start: Any,
+                                                                 openai_upstream: Any) -> None:
+    recorder, _ = openai_upstream
+    recorder.gate = asyncio.Event()
+    client = await start()
+    async with sdk(client, timeout=0.3) as impatient:
+        with pytest.raises(openai.APITimeoutError):
+            await impatient.images.generate(**PROMPT, stream=True, **key())
+    recorder.gate.set()
+    once = client.app[EXACTLY_ONCE]
+    while once.tasks:
+        await asyncio.sleep(0.01)
+    async with sdk(client) as api:
+        events = [e async for e in await api.images.generate(**PROMPT, stream=True, **key())]
+    assert [e.type for e in events] == ["image_generation.completed"]
+    assert events[0].b64_json == openai_mock.PNG_B64 and len(recorder.requests) == 1
+
+
+async def test_an_adapted_stream_cut_midway_is_kept(start: Any, aiohttp_server: Any,
+                                                    tmp_path: Any, aiohttp_client: Any) -> None:
+    gate, calls = asyncio.Event(), [0]
+
+    async def ark(request: web.Request) -> web.Response:  # Ark's wire format, made slow
+        calls[0] += 1
+        await gate.wait()
+        return web.json_response({"model": "m", "created": 1, "data": [
+            {"b64_json": openai_mock.PNG_B64, "size": "64x64"}]})
+
+    app = web.Application()
+    app.router.add_post("/images/generations", ark)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    config = make_config({"server": {"stream_keepalive_s": 0.02}}, tmp_path=tmp_path,
+                         providers={"ark": {"type": "ark", "base_url": base, "api_key": "k"}},
+                         models={"seedream": {"routes": [{"provider": "ark"}]}})
+    client = await aiohttp_client(create_app(config, registry=CollectorRegistry()),
+                                  server_kwargs={"handler_cancellation": True})
+    body = {"model": "seedream", "prompt": "a lighthouse", "stream": True}
+    async with sdk(client) as api:
+        stream = await api.images.generate(**body, **key())
+        await stream.close()  # the client leaves while keep-alives flow
+    once = client.app[EXACTLY_ONCE]
+    assert once.tasks
+    gate.set()
+    while once.tasks:
+        await asyncio.sleep(0.01)
+    async with sdk(client) as api:
+        events = [e async for e in await api.images.generate(**body, **key())]
+    assert [e.type for e in events] == ["image_generation.completed"] and calls[0] == 1
+    assert events[0].b64_json == openai_mock.PNG_B64
+
+
+@pytest.mark.parametrize(("on_error", "status"), [("open", 200), ("closed", 503)])
+async def test_with_redis_down_keys_follow_on_redis_error(start: Any, on_error: str,
+                                                          status: int) -> None:
+    from tests.redis_server import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    client = await start({"state": {"backend": "redis", "redis_url": url,
+                                    "on_redis_error": on_error}})
+    resp = await client.post("/v1/images/generations", json=PROMPT,
+                             headers={HEADER: "order-42"})
+    assert resp.status == status
