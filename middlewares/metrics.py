@@ -47,12 +47,27 @@ class Metrics:
                                registry=registry, multiprocess_mode=in_flight_mode)
         self.rate_limited = counter("rate_limited_total", "Requests refused by a key limit",
                                     ("key", "limit"))
+        self.cost = counter("cost_usd", "USD of delivered answers on priced routes",
+                            ("key", "model", "provider"))
+        self.unpriced = counter("unpriced_requests", "Answers from routes without a price "
+                                "(their cost is unknown)", ("model", "provider"))
+        self.idempotent_replays = counter("idempotent_replays_total", "Stored answers "
+                                          "replayed for an Idempotency-Key", ("key",))
+        self.idempotent_coalesced = counter("idempotent_coalesced_total", "Duplicates that "
+                                            "waited for the running request", ("key",))
         self.retries = counter("retries_total", "Attempts retried on another route",
                                ("provider",))
         self.upstream_in_flight = Gauge("imagegate_upstream_in_flight", "Upstream calls "
                                         "being made (max_concurrency caps them per process)",
                                         ("provider",), registry=registry,
                                         multiprocess_mode=in_flight_mode)
+        # a key's budgets as of its last answer (workers share them through Redis: the latest)
+        self.budget_limit = Gauge("imagegate_budget_limit", "A key's budget (USD or images) "
+                                  "per its calendar window", ("key", "budget"), registry=registry,
+                                  multiprocess_mode="max")
+        self.budget_remaining = Gauge("imagegate_budget_remaining", "What is left of a key's "
+                                      "budget as of its last answer", ("key", "budget"),
+                                      registry=registry, multiprocess_mode="mostrecent")
         self.route_healthy = Gauge("imagegate_route_healthy", "1 when the route is not resting",
                                    ("provider", "model"), registry=registry,
                                    multiprocess_mode=health_mode)

@@ -23,7 +23,7 @@ log = structlog.get_logger("imagegate.reload")
 # with: a reload names a change to these and keeps them as they are until a restart
 RESTART_ONLY_SERVER = ("host", "port", "max_request_bytes", "header_timeout_s", "body_timeout_s",
                        "max_connections", "log_level")
-RESTART_ONLY_SECTIONS = ("state", "storage", "fetch")
+RESTART_ONLY_SECTIONS = ("state", "storage", "fetch", "idempotency")
 
 
 class Generation:

@@ -90,7 +90,7 @@ async def readyz(session: aiohttp.ClientSession, gw: GatewayProcess) -> tuple[in
 
 async def test_sigterm_drains_requests_and_streams_in_flight(aiohttp_server: Any,
                                                              tmp_path: Path) -> None:
-    recorder = openai_mock.Recorder(delay_s=0.5, event_gap_s=0.5)
+    recorder = openai_mock.Recorder(delay_s=0.5, stream_gap_s=0.5)
     upstream = await aiohttp_server(openai_mock.make_app(recorder))
     providers = {"openai": {"type": "openai", "api_key": openai_mock.API_KEY,
                             "base_url": str(upstream.make_url("")).rstrip("/")}}
