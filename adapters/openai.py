@@ -4,7 +4,7 @@ from __future__ import annotations
 from imagegate.adapters.base import Adapter, Capabilities
 
 CAPABILITIES = Capabilities(generate=True, edit=True, mask=True, images_per_call=10)
-ADAPTER = Adapter(type="openai", capabilities=CAPABILITIES, native=True)
+ADAPTER = Adapter(type="openai", capabilities=CAPABILITIES, passthrough=True)
 
 GPT_IMAGE_PREFIXES = ("gpt-image", "chatgpt-image")
 

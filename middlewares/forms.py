@@ -143,6 +143,34 @@ async def _spool(boundary: bytes, seen: list[Event], events: AsyncIterator[Event
                 scan(boundary, _file_chunks(spool)), size, spool=spool)
 
 
+async def take_whole(form: Form) -> IO[bytes]:
+    """The whole body on disk, handed to the caller (who closes it; `form.close()` no longer
+    does), so it can be read more than once (`spooled_events`, `reread`)."""
+    spool = form.spool
+    if spool is None:
+        spool = tempfile.TemporaryFile(prefix="imagegate-")  # on disk, never held in memory
+        try:
+            async for ev in form.rest():
+                spool.write(ev.data)
+            spool.flush()
+        except BaseException:
+            spool.close()
+            raise
+        form.content_length = os.fstat(spool.fileno()).st_size
+    form.spool = None
+    reread(form, spool)
+    return spool
+
+
+def spooled_events(form: Form, spool: IO[bytes]) -> AsyncIterator[Event]:
+    return scan(form.boundary, _file_chunks(spool))
+
+
+def reread(form: Form, spool: IO[bytes]) -> None:
+    """The form reads its events from the start of its spooled body again."""
+    form.events, form.unread = spooled_events(form, spool), True
+
+
 @dataclass
 class FileCheck:
     """Validates file parts as they pass: field names, counts, emptiness, real image type."""

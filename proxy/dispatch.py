@@ -21,7 +21,7 @@ async def dispatch(gw: Gateway, job: Job) -> web.StreamResponse:
     adapted keeps falling back over adapted routes while keep-alives flow."""
     plan = gw.router.plan(job.public_model)
     refused: Unsuitable | None = None
-    while job.stream and plan and not gw.upstream.providers[plan[0].provider].adapter.native:
+    while job.stream and plan and not gw.upstream.providers[plan[0].provider].adapter.passthrough:
         try:
             template = await job.adapt(plan[0])
         except Unsuitable as skip:  # as without `stream`: the next route may take it
@@ -37,7 +37,7 @@ async def dispatch(gw: Gateway, job: Job) -> web.StreamResponse:
 
     async def attempt(route: RouteState) -> Answer:
         nonlocal tries
-        if gw.upstream.providers[route.provider].adapter.native:
+        if gw.upstream.providers[route.provider].adapter.passthrough:
             tries += 1
             return await job.forward(route, answered_by(route, tries))
         req = await job.adapt(route)
