@@ -60,15 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print_routes(config)
         return 0
-    return serve(config, args)
+    return serve(config, args, path)
 
 
 def print_routes(config: Any) -> None:
-    rows = [("MODEL", "PROVIDER", "TYPE", "UPSTREAM MODEL", "PRIORITY", "WEIGHT")]
+    rows = [("MODEL", "PROVIDER", "TYPE", "UPSTREAM MODEL", "PRIORITY", "WEIGHT", "PRICE")]
     for name, model in config.models.items():
         for r in model.routes:
             rows.append((name, r.provider, config.providers[r.provider].type, r.model or name,
-                         str(r.priority), f"{r.weight:g}"))
+                         str(r.priority), f"{r.weight:g}", price_text(r.price)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
@@ -76,24 +76,70 @@ def print_routes(config: Any) -> None:
     print(f"\n{len(config.models)} models, {len(config.providers)} providers, {keys} API keys"
           + ("" if keys else " (open gateway)"))
     limited = limited_keys(config)
-    if limited:
-        print(f"note: limits of {', '.join(limited)} are not enforced by this version")
+    if limited and config.state.backend == "memory":
+        print(f"note: state.backend is memory: the limits and budgets of {', '.join(limited)} "
+              "hold per process (with --workers N, each worker enforces them on its own)")
+    for warning in unpriced_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def price_text(price: Any) -> str:
+    if price is None:
+        return "unpriced"
+    if price.tokens is not None:
+        return "tokens"
+    if isinstance(price.per_image, dict):
+        return "per-image table"
+    return f"${price.per_image:g}/image"
+
+
+def unpriced_warnings(config: Any) -> list[str]:
+    """Each unpriced route a key with a USD budget can reach: its spend would go uncounted."""
+    out = []
+    for key in config.auth.keys:
+        budget = key.budget
+        if budget is None or (budget.usd_per_day is None and budget.usd_per_month is None):
+            continue
+        for name, model in config.models.items():
+            if key.models is not None and name not in key.models:
+                continue
+            for i, r in enumerate(model.routes):
+                if r.price is None:
+                    out.append(f"models.{name}.routes[{i}] ({r.provider}) has no price: the "
+                               f"USD budget of key '{key.id}' cannot count what it spends there")
+    return out
 
 
 def limited_keys(config: Any) -> list[str]:
-    return [k.id for k in config.auth.keys
-            if any(v is not None for v in msgspec.structs.astuple(k.limits))]
+    """Key ids with limits or a budget (`anonymous`: an open gateway's default_limits)."""
+    from imagegate.middlewares.plans import policies
+
+    return list(policies(config.auth))
 
 
-def serve(config: Any, args: argparse.Namespace) -> int:
+def per_worker_warning(config: Any, workers: int) -> str | None:
+    """Limits kept in memory are never silently multiplied by the worker count: it is said."""
+    if workers <= 1 or config.state.backend != "memory" or not limited_keys(config):
+        return None
+    return (f"state.backend is memory: each of the {workers} workers enforces the limits and "
+            f"budgets on its own, so together they admit up to {workers} times each limit; "
+            "use state.backend: redis to share them")
+
+
+def with_flags(config: Any, args: argparse.Namespace) -> Any:
+    """The config with --host and --port applied (on start and on every reload)."""
     server = msgspec.structs.replace(
         config.server,
         host=args.host or config.server.host,
         port=config.server.port if args.port is None else args.port,
     )
-    config = msgspec.structs.replace(config, server=server)
+    return msgspec.structs.replace(config, server=server)
+
+
+def serve(config: Any, args: argparse.Namespace, path: str | None = None) -> int:
+    config = with_flags(config, args)
     if args.workers <= 1:
-        run_worker(config, multiprocess=False)
+        run_worker(config, False, path, args)
         return 0
     if not config.storage.signing_secret:  # one secret for all workers: any of them serves a link
         storage = msgspec.structs.replace(config.storage, signing_secret=secrets.token_hex(32))
@@ -102,19 +148,24 @@ def serve(config: Any, args: argparse.Namespace) -> int:
     if own_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="imagegate-prom-")
     try:
-        return supervise(config, args.workers)
+        return supervise(config, args.workers, path, args)
     finally:
         if own_dir:
             shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
-def supervise(config: Any, count: int) -> int:
+def supervise(config: Any, count: int, path: str | None = None,
+              args: argparse.Namespace | None = None) -> int:
     """Runs the workers; if one dies on its own the others are stopped and the exit code says
     so, for the process supervisor (systemd, Kubernetes) to restart the gateway."""
     configure_logging(config.server.log_level)
     log = structlog.get_logger("imagegate")
+    detail = per_worker_warning(config, count)
+    if detail:
+        log.warning("limits_per_worker", workers=count, keys=limited_keys(config), detail=detail)
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=run_worker, args=(config, True)) for _ in range(count)]
+    workers = [ctx.Process(target=run_worker, args=(config, True, path, args))
+               for _ in range(count)]
     for w in workers:
         w.start()
     stopping = crashed = False
@@ -126,8 +177,17 @@ def supervise(config: Any, count: int) -> int:
             if w.is_alive():
                 w.terminate()
 
+    def reload_workers(signum: int, frame: Any) -> None:
+        """Checked once here (one `config_reload_failed` line), then every worker reloads."""
+        if read_config(path, log) is None:
+            return
+        for w in workers:
+            if w.is_alive() and w.pid is not None:
+                os.kill(w.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop_workers)
     signal.signal(signal.SIGINT, stop_workers)
+    signal.signal(signal.SIGHUP, reload_workers)
     while True:
         alive = [w for w in workers if w.is_alive()]  # is_alive() reaps: read it once a turn
         if not alive:
@@ -143,17 +203,47 @@ def supervise(config: Any, count: int) -> int:
     return 1 if crashed else 0
 
 
-def run_worker(config: Any, multiprocess: bool) -> None:
-    from imagegate.proxy.app import create_app
+def read_config(path: str | None, log: Any) -> Any:
+    """The config file as it is now, or None (logged with the error's path) when invalid."""
+    from imagegate.config.loader import ConfigError, load_config
 
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        log.error("config_reload_failed", error=str(exc), path=exc.path,
+                  detail="the config loaded before keeps serving")
+    except OSError as exc:
+        log.error("config_reload_failed", error=f"cannot read the config: {exc.strerror}",
+                  path="", detail="the config loaded before keeps serving")
+    return None
+
+
+def run_worker(config: Any, multiprocess: bool, path: str | None = None,
+               args: argparse.Namespace | None = None) -> None:
+    from imagegate.proxy.app import create_app
+    from imagegate.proxy.reload import GENERATIONS
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's reload handler is in place
     configure_logging(config.server.log_level)
     log = structlog.get_logger("imagegate")
-    app = create_app(config, multiprocess=multiprocess)
+    app = create_app(config, multiprocess=multiprocess, workers=args.workers if args else 1)
+    generations = app[GENERATIONS]
+
+    def reload() -> None:
+        log.info("config_reload_requested", pid=os.getpid())
+        new = read_config(path, log)
+        if new is None:
+            return
+        new = with_flags(new, args) if args is not None else new
+        if not new.storage.signing_secret:  # the one --workers made up at start stays
+            storage = msgspec.structs.replace(
+                new.storage, signing_secret=generations.current.config.storage.signing_secret)
+            new = msgspec.structs.replace(new, storage=storage)
+        generations.reload(new)
+
     log.info("starting", host=config.server.host, port=config.server.port, pid=os.getpid(),
              models=len(config.models))
-    if limited_keys(config):
-        log.warning("limits_not_enforced", keys=limited_keys(config),
-                    detail="auth.keys[].limits are accepted but not enforced by this version")
     from imagegate.proxy.server import run
 
-    run(app, config.server, reuse_port=multiprocess)
+    run(app, config.server, reuse_port=multiprocess, on_reload=reload)
+    log.info("stopped", pid=os.getpid())
