@@ -19,7 +19,7 @@ from imagegate.proxy.app import create_app
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from tests.conftest import make_config, openai_models
+from tests.conftest import GATEWAY_KEY, make_config, openai_models
 from tests.redis_server import redis_server
 from tests.upstreams import openai as openai_mock
 
@@ -205,7 +205,8 @@ async def test_two_gateways_share_answers_through_redis(start: Any, openai_upstr
         running = asyncio.create_task(generate(one, value="order-44"))
         await upstream_calls(recorder, 2)
         waiting = asyncio.create_task(generate(two, value="order-44"))
-        await asyncio.sleep(0.3)  # the second gateway polls the shared ledger meanwhile
+        while not two.app[EXACTLY_ONCE].changed:  # the second gateway polls the shared ledger
+            await asyncio.sleep(0.01)
         recorder.gate.set()
         (_, a), (headers, b) = await running, await waiting
         assert len(recorder.requests) == 2 and a.model_dump() == b.model_dump()
@@ -375,3 +376,98 @@ async def test_with_redis_down_keys_follow_on_redis_error(start: Any, on_error: 
     resp = await client.post("/v1/images/generations", json=PROMPT,
                              headers={HEADER: "order-42"})
     assert resp.status == status
+
+
+async def test_a_running_request_renews_its_lease(start: Any, openai_upstream: Any,
+                                                  tmp_path: Any) -> None:
+    recorder, _ = openai_upstream
+    recorder.gate = asyncio.Event()
+    clock = Clock()
+    with redis_server(tmp_path) as url:
+        overrides = {**redis_overrides(url), "idempotency": {"lease_s": 1}}
+        one = await start(overrides, clock=clock)
+        two = await start(overrides, clock=clock)
+        running = asyncio.create_task(generate(one))
+        await upstream_calls(recorder, 1)
+        ledger = one.app[EXACTLY_ONCE].ledger
+        scope = "imagegate:idem:" + scope_of("anonymous", "generations", "order-42")
+        first = json.loads(await ledger.client.get(scope))["lease_until"]
+        clock.now += 0.9
+
+        async def renewed() -> None:  # the holder's heartbeat, every lease_s / 3
+            while json.loads(await ledger.client.get(scope))["lease_until"] == first:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(renewed(), 3)
+        clock.now += 0.6  # past the first lease, within the renewed one
+        waiting = asyncio.create_task(generate(two))
+        while not two.app[EXACTLY_ONCE].changed:  # it found the key held, and waits
+            await asyncio.sleep(0.01)
+        recorder.gate.set()
+        (_, a), (headers, b) = await running, await waiting
+        assert len(recorder.requests) == 1 and headers["idempotent-replayed"] == "true"
+        assert a.model_dump() == b.model_dump()
+
+
+async def test_a_replay_consumes_no_limit_and_costs_nothing(aiohttp_client: Any,
+                                                            openai_upstream: Any,
+                                                            tmp_path: Any) -> None:
+    recorder, base = openai_upstream
+    providers, _ = openai_models(base)
+    config = make_config(
+        {"auth": {"keys": [{"id": "team-a", "key": GATEWAY_KEY,
+                            "limits": {"requests_per_minute": 1}}]}},
+        tmp_path=tmp_path, providers=providers,
+        models={"gpt-image-1": {"routes": [{"provider": "openai", "price": {"per_image": 0.04}}]}})
+    registry = CollectorRegistry()
+    client = await aiohttp_client(create_app(config, registry=registry))
+    async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=GATEWAY_KEY,
+                                  max_retries=0) as api:
+        first = await api.images.with_raw_response.generate(**PROMPT, **key())
+        again = await api.images.with_raw_response.generate(**PROMPT, **key())
+        with pytest.raises(openai.RateLimitError):  # the one request a minute is spent
+            await api.images.generate(**PROMPT, **key("order-43"))
+    assert first.headers["x-imagegate-cost-usd"] == "0.04"
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "x-imagegate-cost-usd" not in again.headers and len(recorder.requests) == 1
+    assert registry.get_sample_value("imagegate_cost_usd_total", {
+        "key": "team-a", "model": "gpt-image-1", "provider": "openai"}) == pytest.approx(0.04)
+    assert registry.get_sample_value("imagegate_idempotent_replays_total",
+                                     {"key": "team-a"}) == 1
+
+
+async def test_without_a_key_a_hang_up_still_cancels_the_upstream_call(
+        start: Any, openai_upstream: Any) -> None:
+    recorder, _ = openai_upstream
+    recorder.gate = asyncio.Event()
+    client = await start()
+    with capture_logs() as logs:
+        async with sdk(client, timeout=0.3) as impatient:
+            with pytest.raises(openai.APITimeoutError):
+                await impatient.images.generate(**PROMPT)
+
+        async def cancelled() -> None:
+            while not any(e.get("outcome") == "cancelled" for e in logs):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(cancelled(), 3)
+    assert not client.app[EXACTLY_ONCE].tasks
+    assert [e["status"] for e in logs if e["event"] == "request"] == [499]
+
+
+async def test_a_gateway_shutting_down_finishes_its_detached_requests(
+        start: Any, openai_upstream: Any, tmp_path: Any) -> None:
+    recorder, _ = openai_upstream
+    recorder.gate = asyncio.Event()
+    with redis_server(tmp_path) as url:
+        leaving, staying = await start(redis_overrides(url)), await start(redis_overrides(url))
+        async with sdk(leaving, timeout=0.3) as impatient:
+            with pytest.raises(openai.APITimeoutError):
+                await impatient.images.generate(**PROMPT, **key())
+        closing = asyncio.create_task(leaving.close())  # SIGTERM: cleanup waits for them
+        await asyncio.sleep(0.05)
+        assert not closing.done()
+        recorder.gate.set()
+        await closing
+        headers, answer = await generate(staying)
+        assert len(recorder.requests) == 1 and headers["idempotent-replayed"] == "true"
