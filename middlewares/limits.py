@@ -319,27 +319,31 @@ class RedisBackend:
 
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # answers ending in this turn of the loop join the batch
-        batch, self.pending = self.pending, []
-        try:
-            if len(batch) == 1:
-                keys, args = batch[0][0]
-                await self.settle(keys=keys, args=args)
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                for (keys, args), _ in batch:
-                    await self.settle(keys=keys, args=args, client=pipe)  # queued
-                await pipe.execute()
-        except BaseException as exc:  # every waiter learns it (a cancelled one is gone)
+        while self.pending:  # and those that end while a batch is on its way, the next one
+            batch, self.pending = self.pending, []
+            try:
+                await self._send(batch)
+            except BaseException as exc:  # every waiter learns it (a cancelled one is gone)
+                failure = exc if isinstance(exc, Exception) else ConnectionError("cancelled")
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(failure)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
             for _, done in batch:
                 if not done.done():
-                    done.set_exception(exc if isinstance(exc, Exception) else
-                                       ConnectionError("cancelled"))
-            if not isinstance(exc, Exception):
-                raise
+                    done.set_result(None)
+
+    async def _send(self, batch: list[tuple[tuple[list[str], list[Any]], Any]]) -> None:
+        if len(batch) == 1:
+            keys, args = batch[0][0]
+            await self.settle(keys=keys, args=args)
             return
-        for _, done in batch:
-            if not done.done():
-                done.set_result(None)
+        pipe = self.client.pipeline(transaction=False)
+        for (keys, args), _ in batch:
+            await self.settle(keys=keys, args=args, client=pipe)  # queued
+        await pipe.execute()
 
     async def renew(self, now: float) -> None:
         """Pushes back the expiry of every lease this process holds (ZADD XX: never revives
