@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +84,7 @@ async def test_a_retry_after_completion_is_replayed(start: Any, openai_upstream:
     assert len(recorder.requests) == 1
     assert again.model_dump() == first.model_dump()
     assert headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first_headers
+    assert headers["x-imagegate-provider"] == first_headers["x-imagegate-provider"] == "openai"
     assert [e["idempotency"] for e in logs if e["event"] == "request"] == ["first", "replayed"]
     assert client.registry.get_sample_value("imagegate_idempotent_replays_total",
                                             {"key": "anonymous"}) == 1
@@ -219,7 +221,7 @@ async def test_a_dead_holders_lease_expires(start: Any, openai_upstream: Any,
     clock = Clock()
     with redis_server(tmp_path) as url:
         # a gateway that claimed the key, then died without renewing its lease
-        dead = RedisLedger(url, lease_s=30, ttl_s=86400, clock=clock)
+        dead = RedisLedger(url, lease_s=30, ttl_s=86400, max_bytes=1000, clock=clock)
         raw = json.dumps(PROMPT).encode()
         await dead.claim(scope_of("anonymous", "generations", "order-42"),
                          json_fingerprint(raw))
@@ -471,3 +473,47 @@ async def test_a_gateway_shutting_down_finishes_its_detached_requests(
         await closing
         headers, answer = await generate(staying)
         assert len(recorder.requests) == 1 and headers["idempotent-replayed"] == "true"
+
+
+async def test_a_url_answer_is_kept_no_longer_than_its_links(start: Any) -> None:
+    clock = Clock()
+    clock.now = time.time()  # the image store signs links with the real clock
+    client = await start(clock=clock)
+    body = {"model": "local", "prompt": "kite", "size": "64x64", "response_format": "url"}
+    _, first = await generate(client, **body)
+    clock.now += 3000  # within storage.ttl_s (3600): replayed
+    headers, _ = await generate(client, **body)
+    assert headers["idempotent-replayed"] == "true"
+    clock.now += 700  # its links have expired: the key runs again, with fresh links
+    headers, fresh = await generate(client, **body)
+    assert "idempotent-replayed" not in headers and fresh.data[0].url != first.data[0].url
+
+
+async def test_a_stream_that_broke_midway_releases_the_key(aiohttp_server: Any, tmp_path: Any,
+                                                          aiohttp_client: Any) -> None:
+    calls = [0]
+
+    async def breaking(request: web.Request) -> web.StreamResponse:
+        calls[0] += 1
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'event: image_generation.partial_image\ndata: {"type": '
+                         b'"image_generation.partial_image","b64_json":"aGk="}\n\n')
+        assert request.transport is not None
+        request.transport.close()  # the provider dies mid-stream
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/images/generations", breaking)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    config = make_config(tmp_path=tmp_path, providers={
+        "flaky": {"type": "openai", "base_url": base, "api_key": "k"}},
+        models={"gpt-image-1": {"routes": [{"provider": "flaky"}]}})
+    client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    for attempt in (1, 2):
+        async with sdk(client) as api:
+            stream = await api.images.generate(**PROMPT, stream=True, **key())
+            with pytest.raises(openai.APIError):
+                async for _ in stream:
+                    pass
+        assert calls[0] == attempt  # nothing was kept: the retry ran again
