@@ -4,12 +4,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -40,28 +39,70 @@ def configure_logging(level: str = "info") -> None:
     )
 
 
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, not {value}")
+    return value
+
+
+def worker_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid worker count: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"workers must be 1 or more, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from imagegate import __version__
+
     parser = argparse.ArgumentParser(
         prog="imagegate", description="OpenAI-compatible image gateway.")
+    parser.add_argument("--version", action="version", version=f"imagegate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", help="config file (default: $IMAGEGATE_CONFIG, else the "
                        "bundled offline config serving the `local` provider)")
     serve.add_argument("--host", help="listen address (overrides server.host)")
-    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="worker processes sharing the port (default 1)")
+    serve.add_argument("--port", type=port_number, help="listen port, 0..65535 (overrides "
+                       "server.port)")
+    serve.add_argument("--workers", type=worker_count, default=1,
+                       help="worker processes sharing the supervisor's socket (default 1); "
+                       "a dead worker is replaced, 5 deaths in 60 s stop the gateway")
     check = sub.add_parser("check-config", help="validate a config and print its routes")
     check.add_argument("path")
     hash_key = sub.add_parser("hash-key", help="print the key_sha256 form of an API key")
-    hash_key.add_argument("key")
+    hash_key.add_argument("key", nargs="?", help="the key (default: read from standard input, "
+                          "which keeps it out of shell history and `ps`)")
     return parser
+
+
+def read_key(given: str | None) -> str | None:
+    if given is not None:
+        return given
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("API key: ")
+    line = sys.stdin.readline()
+    return line.rstrip("\r\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "hash-key":
-        print(hashlib.sha256(args.key.encode()).hexdigest())
+        key = read_key(args.key)
+        if not key:
+            print("imagegate: no key given (pass it as an argument or on standard input)",
+                  file=sys.stderr)
+            return 1
+        print(hashlib.sha256(key.encode()).hexdigest())
         return 0
     from imagegate.config.loader import ConfigError, load_config
 
@@ -101,15 +142,21 @@ def limited_keys(config: Any) -> list[str]:
 
 
 def serve(config: Any, args: argparse.Namespace) -> int:
+    from imagegate.proxy.supervisor import ListenError, listen
+
     server = msgspec.structs.replace(
         config.server,
-        host=args.host or config.server.host,
+        host=config.server.host if args.host is None else args.host,
         port=config.server.port if args.port is None else args.port,
     )
     config = msgspec.structs.replace(config, server=server)
+    try:
+        sock = listen(server.host, server.port)  # bound once, here: workers inherit it
+    except ListenError as exc:
+        print(f"imagegate: {exc}", file=sys.stderr)
+        return 1
     if args.workers <= 1:
-        run_worker(config, multiprocess=False)
-        return 0
+        return run_worker(config, sock, multiprocess=False)
     if not config.storage.signing_secret:  # one secret for all workers: any of them serves a link
         storage = msgspec.structs.replace(config.storage, signing_secret=secrets.token_hex(32))
         config = msgspec.structs.replace(config, storage=storage)
@@ -117,60 +164,77 @@ def serve(config: Any, args: argparse.Namespace) -> int:
     if own_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="imagegate-prom-")
     try:
-        return supervise(config, args.workers)
+        return supervise(config, sock, args.workers)
     finally:
+        sock.close()
         if own_dir:
             shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
-def supervise(config: Any, count: int) -> int:
-    """Runs the workers; if one dies on its own the others are stopped and the exit code says
-    so, for the process supervisor (systemd, Kubernetes) to restart the gateway."""
+def supervise(config: Any, sock: socket.socket, count: int) -> int:
+    """Runs the workers on the supervisor's socket; a worker that dies is replaced, a crash loop
+    stops the gateway with exit 1 for the process supervisor (systemd, Kubernetes) to see."""
+    from imagegate.proxy.supervisor import Supervisor
+    from prometheus_client import multiprocess as prom_multiprocess
+
     configure_logging(config.server.log_level)
     log = structlog.get_logger("imagegate")
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=run_worker, args=(config, True)) for _ in range(count)]
-    for w in workers:
-        w.start()
-    stopping = crashed = False
+    log.info("supervisor_starting", host=config.server.host, port=sock.getsockname()[1],
+             workers=count, pid=os.getpid())
 
-    def stop_workers(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for w in workers:  # each worker shuts down gracefully on SIGTERM
-            if w.is_alive():
-                w.terminate()
+    def forget(pid: int) -> None:  # a dead worker's live gauges leave the sums
+        prom_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
-    signal.signal(signal.SIGTERM, stop_workers)
-    signal.signal(signal.SIGINT, stop_workers)
-    while True:
-        alive = [w for w in workers if w.is_alive()]  # is_alive() reaps: read it once a turn
-        if not alive:
-            break
-        if len(alive) < len(workers) and not stopping:
-            dead = next(w for w in workers if w not in alive)
-            log.error("worker_died", pid=dead.pid, exitcode=dead.exitcode)
-            crashed = True
-            stop_workers(signal.SIGTERM, None)
-        multiprocessing.connection.wait([w.sentinel for w in alive], timeout=1.0)
-    for w in workers:
-        w.join()
-    return 1 if crashed else 0
+    supervisor = Supervisor(worker_main, (config, sock), count, log,
+                            grace_s=config.server.graceful_shutdown_s, on_death=forget)
+    code = supervisor.run()
+    log.info("shutdown", reason=supervisor.reason or "every worker stopped", exit_code=code,
+             pid=os.getpid())
+    return code
 
 
-def run_worker(config: Any, multiprocess: bool) -> None:
+def worker_main(config: Any, sock: socket.socket) -> None:
+    """A worker process's entry point: its exit code says whether it failed."""
+    sys.exit(run_worker(config, sock, multiprocess=True))
+
+
+def run_worker(config: Any, sock: socket.socket, multiprocess: bool) -> int:
+    """One serving process; the last line it logs says why it stopped (`shutdown` for a lone
+    process, `worker_stopped` under a supervisor, whose own `shutdown` line comes last)."""
+    import asyncio
+
     from aiohttp import web
     from imagegate.proxy.app import create_app
+    from imagegate.proxy.supervisor import signal_name
 
     configure_logging(config.server.log_level)
     log = structlog.get_logger("imagegate")
     app = create_app(config, multiprocess=multiprocess)
-    log.info("starting", host=config.server.host, port=config.server.port, pid=os.getpid(),
+    reason: list[str] = []
+
+    async def on_signals(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop, signum)
+
+    def stop(signum: int) -> None:
+        reason.append(f"signal {signal_name(signum)}")
+        if len(reason) == 1:  # a second signal while draining does not cut the drain short
+            raise web.GracefulExit()
+
+    app.on_startup.append(on_signals)
+    log.info("starting", host=config.server.host, port=sock.getsockname()[1], pid=os.getpid(),
              models=len(config.models))
     if limited_keys(config):
         log.warning("limits_not_enforced", keys=limited_keys(config),
                     detail="auth.keys[].limits are accepted but not enforced by this version")
-    web.run_app(app, host=config.server.host, port=config.server.port, print=None,
-                access_log=None, reuse_port=multiprocess, handler_cancellation=True,
-                shutdown_timeout=config.server.graceful_shutdown_s,
-                handle_signals=True)
+    event = "worker_stopped" if multiprocess else "shutdown"
+    try:
+        web.run_app(app, sock=sock, print=None, access_log=None, handler_cancellation=True,
+                    shutdown_timeout=config.server.graceful_shutdown_s, handle_signals=True)
+    except Exception as exc:
+        log.error(event, reason=f"server failed: {type(exc).__name__}", exc_info=exc,
+                  pid=os.getpid())
+        return 1
+    log.info(event, reason=reason[0] if reason else "server stopped", pid=os.getpid())
+    return 0
