@@ -10,19 +10,13 @@ from typing import Final, Literal
 import msgspec
 from imagegate.config.api import Usage
 from imagegate.config.errors import GatewayError
+from imagegate.config.images import InputImage
 
 Operation = Literal["generate", "edit"]
 DROP: Final = "drop"
 REJECT: Final = "reject"
 Policy = Literal["drop", "reject"]
 
-
-class InputImage(msgspec.Struct, frozen=True):
-    """An input image of an edit, already read and sniffed (`mime` is the real type)."""
-
-    data: bytes
-    mime: str
-    filename: str = "image"
 
 
 class ImageRequest(msgspec.Struct, kw_only=True):
@@ -108,7 +102,7 @@ class Adapter:
     decode_response: Callable[[UpstreamResponse], ProviderResult] | None = None
     auth_headers: Callable[[str], dict[str, str]] = bearer
     render: Callable[[ImageRequest], ProviderResult] | None = None  # offline providers
-    native: bool = False  # OpenAI-native: forwarded as bytes, not encoded
+    passthrough: bool = False  # OpenAI-native: the request is forwarded as bytes, not encoded
     policy: Mapping[str, Policy] = field(default_factory=dict)
 
 
@@ -166,22 +160,6 @@ def image_size_class(width: int, height: int) -> str:
 
 # --- images ---------------------------------------------------------------------------------
 
-_MAGIC: Final = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-)
-
-
-def sniff_mime(head: bytes) -> str | None:
-    """The real image type from the first bytes (png, jpeg, webp, gif), else None."""
-    for magic, mime in _MAGIC:
-        if head.startswith(magic):
-            return mime
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 def data_url(image: InputImage) -> str:

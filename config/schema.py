@@ -13,6 +13,9 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     """Config Structs: unknown keys are errors; subclasses repeat frozen=True for type checkers."""
 
 
+Sha256Hex = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+
+
 class ServerConfig(Strict, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
@@ -23,12 +26,32 @@ class ServerConfig(Strict, frozen=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_images_per_request: Annotated[int, Meta(ge=1, le=16)] = 16
     stream_keepalive_s: PositiveFloat = 10.0  # SSE comment interval while a provider works
+    header_timeout_s: PositiveFloat = 15.0  # a request's head must arrive whole within this
+    body_timeout_s: PositiveFloat = 30.0  # longest pause between two pieces of a request body
+    max_connections: Annotated[int, Meta(ge=1)] | None = None  # None: from the open-file limit
+    admin_keys: list[Sha256Hex] = []  # key_sha256 of the keys that may read /status, /metrics
 
 
-class Limits(Strict, frozen=True):
-    requests_per_minute: Annotated[int, Meta(ge=1)] | None = None
-    images_per_minute: Annotated[int, Meta(ge=1)] | None = None
-    concurrent_requests: Annotated[int, Meta(ge=1)] | None = None
+Positive = Annotated[int, Meta(ge=1)]
+NonNegative = Annotated[float, Meta(ge=0)]
+
+
+class ModelLimits(Strict, frozen=True):
+    requests_per_minute: Positive | None = None
+    images_per_minute: Positive | None = None  # counts n at admission
+    concurrent_requests: Positive | None = None
+
+
+class Limits(ModelLimits, frozen=True):
+    models: dict[str, ModelLimits] = {}  # per public model, on top of the key's own
+
+
+class Budget(Strict, frozen=True):
+    """Spend caps over UTC calendar windows (a day from 00:00, a month from its 1st)."""
+
+    usd_per_day: NonNegative | None = None
+    usd_per_month: NonNegative | None = None
+    images_per_day: Annotated[int, Meta(ge=0)] | None = None
 
 
 class ApiKey(Strict, frozen=True):
@@ -36,7 +59,8 @@ class ApiKey(Strict, frozen=True):
     key: str | None = None
     key_sha256: str | None = None
     models: list[str] | None = None
-    limits: Limits = Limits()
+    limits: Limits | None = None  # None: auth.default_limits
+    budget: Budget | None = None
 
     def __repr__(self) -> str:
         return f"ApiKey(id={self.id!r}, key=***)"
@@ -44,12 +68,13 @@ class ApiKey(Strict, frozen=True):
 
 class AuthConfig(Strict, frozen=True):
     keys: list[ApiKey] = []
+    default_limits: Limits | None = None  # keys without limits; all callers of an open gateway
 
 
 class StateConfig(Strict, frozen=True):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    on_redis_error: Literal["open","closed"] = "open"
+    on_redis_error: Literal["open", "closed"] = "open"  # open: per-process limits; closed: 503
 
 
 class StorageConfig(Strict, frozen=True):
@@ -60,6 +85,12 @@ class StorageConfig(Strict, frozen=True):
 
     def __repr__(self) -> str:
         return f"StorageConfig(backend={self.backend!r}, path={self.path!r}, ttl_s={self.ttl_s})"
+
+
+class IdempotencyConfig(Strict, frozen=True):
+    ttl_s: PositiveFloat = 86400.0  # a finished answer is replayed this long
+    lease_s: Annotated[float, Meta(ge=1)] = 30.0  # an in-flight marker lives this long unrenewed
+    max_stored_bytes: Annotated[int, Meta(ge=0)] = 512 * 1024 * 1024  # memory backend only
 
 
 class FetchConfig(Strict, frozen=True):
@@ -118,6 +149,21 @@ Provider = (
 PROVIDER_TYPES = ("openai", "ark", "openrouter", "gemini", "zai", "local")
 
 
+class TokenPrice(Strict, frozen=True):
+    """USD per million tokens, read from the provider's `usage`."""
+
+    input: NonNegative | None = None  # every input token, when text and image cost the same
+    input_text: NonNegative | None = None
+    input_image: NonNegative | None = None
+    output: NonNegative = 0.0
+
+
+class Price(Strict, frozen=True):
+    # flat, or keyed "SIZE/QUALITY", "SIZE", "*/QUALITY", "*" (the most specific match wins)
+    per_image: NonNegative | dict[str, NonNegative] | None = None
+    tokens: TokenPrice | None = None
+
+
 class Route(Strict, frozen=True):
     provider: str
     model: str | None = None  # defaults to the public model name
@@ -125,6 +171,7 @@ class Route(Strict, frozen=True):
     weight: Annotated[float, Meta(gt=0)] = 1.0
     watermark: bool = False  # Ark / Z.AI: ask for the provider's visible mark
     image_only: bool = False  # OpenRouter / Gemini: request only the image modality
+    price: Price | None = None  # USD; None: unpriced (unknown, never free)
 
 
 class ModelConfig(Strict, frozen=True):
@@ -144,6 +191,7 @@ class Config(Strict, frozen=True):
     state: StateConfig = StateConfig()
     storage: StorageConfig = StorageConfig()
     fetch: FetchConfig = FetchConfig()
+    idempotency: IdempotencyConfig = IdempotencyConfig()
     providers: dict[str, Provider] = {}
     models: dict[str, ModelConfig] = {}
     routing: RoutingConfig = RoutingConfig()

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from imagegate.middlewares.keys import KEY_ID, MODEL
+from imagegate.middlewares.keys import KEY_ID, MODEL, OUTCOME
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,14 +40,34 @@ class Metrics:
         self.upstream_duration = histogram("upstream_duration_seconds", "Upstream attempt "
                                            "duration", ("provider", "model"))
         self.images = counter("images_total", "Images returned", ("model", "provider"))
+        self.key_images = counter("key_images_total", "Images returned, per API key", ("key",))
         self.tokens = counter("tokens_total", "Tokens reported by providers",
                               ("model", "provider", "kind"))
         self.in_flight = Gauge("imagegate_in_flight_requests", "Requests being answered",
                                registry=registry, multiprocess_mode=in_flight_mode)
         self.rate_limited = counter("rate_limited_total", "Requests refused by a key limit",
                                     ("key", "limit"))
+        self.cost = counter("cost_usd", "USD of delivered answers on priced routes",
+                            ("key", "model", "provider"))
+        self.unpriced = counter("unpriced_requests", "Answers from routes without a price "
+                                "(their cost is unknown)", ("model", "provider"))
+        self.idempotent_replays = counter("idempotent_replays_total", "Stored answers "
+                                          "replayed for an Idempotency-Key", ("key",))
+        self.idempotent_coalesced = counter("idempotent_coalesced_total", "Duplicates that "
+                                            "waited for the running request", ("key",))
         self.retries = counter("retries_total", "Attempts retried on another route",
                                ("provider",))
+        self.upstream_in_flight = Gauge("imagegate_upstream_in_flight", "Upstream calls "
+                                        "being made (max_concurrency caps them per process)",
+                                        ("provider",), registry=registry,
+                                        multiprocess_mode=in_flight_mode)
+        # a key's budgets as of its last answer (workers share them through Redis: the latest)
+        self.budget_limit = Gauge("imagegate_budget_limit", "A key's budget (USD or images) "
+                                  "per its calendar window", ("key", "budget"), registry=registry,
+                                  multiprocess_mode="max")
+        self.budget_remaining = Gauge("imagegate_budget_remaining", "What is left of a key's "
+                                      "budget as of its last answer", ("key", "budget"),
+                                      registry=registry, multiprocess_mode="mostrecent")
         self.route_healthy = Gauge("imagegate_route_healthy", "1 when the route is not resting",
                                    ("provider", "model"), registry=registry,
                                    multiprocess_mode=health_mode)
@@ -60,6 +80,11 @@ class Metrics:
         if found is None:
             found = self._children[key] = family.labels(*labels)
         return found
+
+    def forget(self, family: Any, *labels: str) -> None:
+        """Drops a series whose labels no longer name anything configured."""
+        if self._children.pop((id(family), *labels), None) is not None:
+            family.remove(*labels)
 
     def observe_request(self, endpoint: str, model: str, key: str, status: int,
                         seconds: float) -> None:
@@ -95,9 +120,13 @@ def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRe
         finally:
             if counted:
                 in_flight.dec()
+            key = request.get(KEY_ID, NONE)
             metrics.observe_request(
-                _endpoint(request), request.get(MODEL, NONE), request.get(KEY_ID, NONE),
-                status, time.perf_counter() - started,
+                _endpoint(request), request.get(MODEL, NONE), key, status,
+                time.perf_counter() - started,
             )
+            outcome = request.get(OUTCOME)
+            if outcome is not None and outcome.images:
+                metrics.child(metrics.key_images, key).inc(outcome.images)
 
     return metrics_mw

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import logging
 import os
 import secrets
 import shutil
@@ -17,26 +16,12 @@ from typing import Any
 import msgspec
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
-
 
 def configure_logging(level: str = "info") -> None:
-    """structlog once per process: JSON lines on stdout, bytes all the way (no stdlib logging)."""
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(
-                serializer=lambda obj, default: msgspec.json.encode(obj, enc_hook=default)
-            ),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.BytesLoggerFactory(),
-        cache_logger_on_first_use=True,
-    )
+    """structlog once per process: JSON lines on stdout; aiohttp's and asyncio's loggers too."""
+    from imagegate.proxy.logs import configure_logging as configure
+
+    configure(level)
 
 
 def port_number(text: str) -> int:
@@ -90,8 +75,7 @@ def read_key(given: str | None) -> str | None:
         import getpass
 
         return getpass.getpass("API key: ")
-    line = sys.stdin.readline()
-    return line.rstrip("\r\n")
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,15 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print_routes(config)
         return 0
-    return serve(config, args)
+    return serve(config, args, path)
 
 
 def print_routes(config: Any) -> None:
-    rows = [("MODEL", "PROVIDER", "TYPE", "UPSTREAM MODEL", "PRIORITY", "WEIGHT")]
+    rows = [("MODEL", "PROVIDER", "TYPE", "UPSTREAM MODEL", "PRIORITY", "WEIGHT", "PRICE")]
     for name, model in config.models.items():
         for r in model.routes:
             rows.append((name, r.provider, config.providers[r.provider].type, r.model or name,
-                         str(r.priority), f"{r.weight:g}"))
+                         str(r.priority), f"{r.weight:g}", price_text(r.price)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
@@ -132,31 +116,77 @@ def print_routes(config: Any) -> None:
     print(f"\n{len(config.models)} models, {len(config.providers)} providers, {keys} API keys"
           + ("" if keys else " (open gateway)"))
     limited = limited_keys(config)
-    if limited:
-        print(f"note: limits of {', '.join(limited)} are not enforced by this version")
+    if limited and config.state.backend == "memory":
+        print(f"note: state.backend is memory: the limits and budgets of {', '.join(limited)} "
+              "hold per process (with --workers N, each worker enforces them on its own)")
+    for warning in unpriced_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def price_text(price: Any) -> str:
+    if price is None:
+        return "unpriced"
+    if price.tokens is not None:
+        return "tokens"
+    if isinstance(price.per_image, dict):
+        return "per-image table"
+    return f"${price.per_image:g}/image"
+
+
+def unpriced_warnings(config: Any) -> list[str]:
+    """Each unpriced route a key with a USD budget can reach: its spend would go uncounted."""
+    out = []
+    for key in config.auth.keys:
+        budget = key.budget
+        if budget is None or (budget.usd_per_day is None and budget.usd_per_month is None):
+            continue
+        for name, model in config.models.items():
+            if key.models is not None and name not in key.models:
+                continue
+            for i, r in enumerate(model.routes):
+                if r.price is None:
+                    out.append(f"models.{name}.routes[{i}] ({r.provider}) has no price: the "
+                               f"USD budget of key '{key.id}' cannot count what it spends there")
+    return out
 
 
 def limited_keys(config: Any) -> list[str]:
-    return [k.id for k in config.auth.keys
-            if any(v is not None for v in msgspec.structs.astuple(k.limits))]
+    """Key ids with limits or a budget (`anonymous`: an open gateway's default_limits)."""
+    from imagegate.middlewares.plans import policies
+
+    return list(policies(config.auth))
 
 
-def serve(config: Any, args: argparse.Namespace) -> int:
-    from imagegate.proxy.supervisor import ListenError, listen
+def per_worker_warning(config: Any, workers: int) -> str | None:
+    """Limits kept in memory are never silently multiplied by the worker count: it is said."""
+    if workers <= 1 or config.state.backend != "memory" or not limited_keys(config):
+        return None
+    return (f"state.backend is memory: each of the {workers} workers enforces the limits and "
+            f"budgets on its own, so together they admit up to {workers} times each limit; "
+            "use state.backend: redis to share them")
 
+
+def with_flags(config: Any, args: argparse.Namespace) -> Any:
+    """The config with --host and --port applied (on start and on every reload)."""
     server = msgspec.structs.replace(
         config.server,
         host=config.server.host if args.host is None else args.host,
         port=config.server.port if args.port is None else args.port,
     )
-    config = msgspec.structs.replace(config, server=server)
-    try:
-        sock = listen(server.host, server.port)  # bound once, here: workers inherit it
+    return msgspec.structs.replace(config, server=server)
+
+
+def serve(config: Any, args: argparse.Namespace, path: str | None = None) -> int:
+    from imagegate.proxy.supervisor import ListenError, listen
+
+    config = with_flags(config, args)
+    try:  # bound once, here: workers inherit it, a second gateway on the port is refused
+        sock = listen(config.server.host, config.server.port)
     except ListenError as exc:
         print(f"imagegate: {exc}", file=sys.stderr)
         return 1
     if args.workers <= 1:
-        return run_worker(config, sock, multiprocess=False)
+        return run_worker(config, sock, False, path, args)
     if not config.storage.signing_secret:  # one secret for all workers: any of them serves a link
         storage = msgspec.structs.replace(config.storage, signing_secret=secrets.token_hex(32))
         config = msgspec.structs.replace(config, storage=storage)
@@ -164,14 +194,15 @@ def serve(config: Any, args: argparse.Namespace) -> int:
     if own_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="imagegate-prom-")
     try:
-        return supervise(config, sock, args.workers)
+        return supervise(config, sock, args.workers, path, args)
     finally:
         sock.close()
         if own_dir:
             shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
-def supervise(config: Any, sock: socket.socket, count: int) -> int:
+def supervise(config: Any, sock: socket.socket, count: int, path: str | None = None,
+              args: argparse.Namespace | None = None) -> int:
     """Runs the workers on the supervisor's socket; a worker that dies is replaced, a crash loop
     stops the gateway with exit 1 for the process supervisor (systemd, Kubernetes) to see."""
     from imagegate.proxy.supervisor import Supervisor
@@ -181,60 +212,94 @@ def supervise(config: Any, sock: socket.socket, count: int) -> int:
     log = structlog.get_logger("imagegate")
     log.info("supervisor_starting", host=config.server.host, port=sock.getsockname()[1],
              workers=count, pid=os.getpid())
+    detail = per_worker_warning(config, count)
+    if detail:
+        log.warning("limits_per_worker", workers=count, keys=limited_keys(config), detail=detail)
 
     def forget(pid: int) -> None:  # a dead worker's live gauges leave the sums
         prom_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
-    supervisor = Supervisor(worker_main, (config, sock), count, log,
+    supervisor = Supervisor(worker_main, (config, sock, path, args), count, log,
                             grace_s=config.server.graceful_shutdown_s, on_death=forget)
+
+    def reload_workers(signum: int, frame: Any) -> None:
+        """Checked once here (one `config_reload_failed` line), then every worker reloads;
+        a worker started later (replacing a dead one) starts from the new file."""
+        new = read_config(path, log)
+        if new is None:
+            return
+        new = with_flags(new, args) if args is not None else new
+        if not new.storage.signing_secret:  # the one made up at start stays
+            storage = msgspec.structs.replace(new.storage,
+                                              signing_secret=config.storage.signing_secret)
+            new = msgspec.structs.replace(new, storage=storage)
+        supervisor.args = (new, sock, path, args)
+        supervisor.signal_workers(signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, reload_workers)
     code = supervisor.run()
     log.info("shutdown", reason=supervisor.reason or "every worker stopped", exit_code=code,
              pid=os.getpid())
     return code
 
 
-def worker_main(config: Any, sock: socket.socket) -> None:
+def read_config(path: str | None, log: Any) -> Any:
+    """The config file as it is now, or None (logged with the error's path) when invalid."""
+    from imagegate.config.loader import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        log.error("config_reload_failed", error=str(exc), path=exc.path,
+                  detail="the config loaded before keeps serving")
+    except OSError as exc:
+        log.error("config_reload_failed", error=f"cannot read the config: {exc.strerror}",
+                  path="", detail="the config loaded before keeps serving")
+    return None
+
+
+def worker_main(config: Any, sock: socket.socket, path: str | None,
+                args: argparse.Namespace | None) -> None:
     """A worker process's entry point: its exit code says whether it failed."""
-    sys.exit(run_worker(config, sock, multiprocess=True))
+    sys.exit(run_worker(config, sock, True, path, args))
 
 
-def run_worker(config: Any, sock: socket.socket, multiprocess: bool) -> int:
-    """One serving process; the last line it logs says why it stopped (`shutdown` for a lone
-    process, `worker_stopped` under a supervisor, whose own `shutdown` line comes last)."""
-    import asyncio
-
-    from aiohttp import web
+def run_worker(config: Any, sock: socket.socket, multiprocess: bool, path: str | None = None,
+               args: argparse.Namespace | None = None) -> int:
+    """One serving process on the given socket. The last line it logs says why it stopped
+    (`shutdown` for a lone process; `worker_stopped` under a supervisor, whose own `shutdown`
+    line comes last)."""
     from imagegate.proxy.app import create_app
-    from imagegate.proxy.supervisor import signal_name
+    from imagegate.proxy.reload import GENERATIONS
 
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's reload handler is in place
     configure_logging(config.server.log_level)
     log = structlog.get_logger("imagegate")
-    app = create_app(config, multiprocess=multiprocess)
-    reason: list[str] = []
+    app = create_app(config, multiprocess=multiprocess, workers=args.workers if args else 1)
+    generations = app[GENERATIONS]
 
-    async def on_signals(app: web.Application) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop, signum)
+    def reload() -> None:
+        log.info("config_reload_requested", pid=os.getpid())
+        new = read_config(path, log)
+        if new is None:
+            return
+        new = with_flags(new, args) if args is not None else new
+        if not new.storage.signing_secret:  # the one --workers made up at start stays
+            storage = msgspec.structs.replace(
+                new.storage, signing_secret=generations.current.config.storage.signing_secret)
+            new = msgspec.structs.replace(new, storage=storage)
+        generations.reload(new)
 
-    def stop(signum: int) -> None:
-        reason.append(f"signal {signal_name(signum)}")
-        if len(reason) == 1:  # a second signal while draining does not cut the drain short
-            raise web.GracefulExit()
-
-    app.on_startup.append(on_signals)
     log.info("starting", host=config.server.host, port=sock.getsockname()[1], pid=os.getpid(),
              models=len(config.models))
-    if limited_keys(config):
-        log.warning("limits_not_enforced", keys=limited_keys(config),
-                    detail="auth.keys[].limits are accepted but not enforced by this version")
+    from imagegate.proxy.server import run
+
     event = "worker_stopped" if multiprocess else "shutdown"
     try:
-        web.run_app(app, sock=sock, print=None, access_log=None, handler_cancellation=True,
-                    shutdown_timeout=config.server.graceful_shutdown_s, handle_signals=True)
+        reason = run(app, config.server, sock=sock, on_reload=reload)
     except Exception as exc:
         log.error(event, reason=f"server failed: {type(exc).__name__}", exc_info=exc,
                   pid=os.getpid())
         return 1
-    log.info(event, reason=reason[0] if reason else "server stopped", pid=os.getpid())
+    log.info(event, reason=reason, pid=os.getpid())
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import socket
 import time
@@ -83,6 +84,11 @@ class Supervisor:
         for w in self.workers:  # each worker drains and stops on SIGTERM
             if w.is_alive():
                 w.terminate()
+
+    def signal_workers(self, signum: int) -> None:
+        for w in self.workers:
+            if w.is_alive() and w.pid is not None:
+                os.kill(w.pid, signum)
 
     def died(self, worker: Any) -> None:
         """One worker ended on its own: replace it after a backoff, or stop on a crash loop."""

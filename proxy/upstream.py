@@ -6,6 +6,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -53,13 +54,13 @@ def map_upstream_errors(provider: str) -> Iterator[None]:
         ) from exc
 
 
-class AnswerBroken(Exception):
-    """The upstream failed after its answer had begun reaching the client: the route failed,
-    but the request is over (nothing can be retried or re-rendered)."""
+class Call:
+    """One upstream call in progress: its response, and how it ended when that is not its
+    status (the answer broke after it had begun reaching the client)."""
 
-    def __init__(self, response: Any) -> None:
-        super().__init__("the upstream broke mid-answer")
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
+        self.broken = False
 
 
 def outcome_of(status: int) -> str:
@@ -72,6 +73,16 @@ def outcome_of(status: int) -> str:
     if status == 429:
         return "rate_limited"
     return "client_error" if status < 500 else "server_error"
+
+
+@dataclass
+class Slot:
+    """How one attempt ended, for its log line and metrics."""
+
+    status: int = 0
+    outcome: str = "connection_error"
+    upstream_id: str | None = None  # the provider's own request id, when it sent one
+    failure: GatewayError | None = None
 
 
 class ProviderState:
@@ -99,6 +110,16 @@ class Upstream:
         self.metrics = metrics
         self.session: aiohttp.ClientSession | None = None
 
+    def successor(self, config: Config) -> Upstream:
+        """The client of a reloaded config: the same session; an unchanged provider keeps its
+        state, so calls still in flight on the old config count against its max_concurrency."""
+        new = Upstream(config, self.metrics)
+        for name, state in self.providers.items():
+            if name in new.providers and state.config == config.providers[name]:
+                new.providers[name] = state
+        new.session = self.session
+        return new
+
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
         # answers are relayed or decoded as they come: ask for them uncompressed
@@ -115,23 +136,13 @@ class Upstream:
     async def attempt(
         self, provider: str, model: str, path: str, *, data: Any, headers: Mapping[str, str],
         method: str = "POST", stream: bool = False,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    ) -> AsyncIterator[Call]:
         """One upstream call; the caller reads the response inside the block."""
         state = self.providers[provider]
-        if state.in_flight >= state.config.max_concurrency:
-            self.metrics.child(self.metrics.upstream, provider, model, "busy").inc()
-            raise GatewayError(
-                "upstream_busy", f"The provider '{provider}' is at its concurrency limit.",
-                headers={"retry-after": "1"}, gateway_fault=True,
-            )
         assert self.session is not None
-        state.in_flight += 1
-        started, outcome, status = time.perf_counter(), "connection_error", 0
-        upstream_id: str | None = None
-        failure: GatewayError | None = None
         ours = request_id()
         sent = {SENT_ID_HEADER.get(state.config.type, "x-request-id"): ours} if ours else {}
-        try:
+        async with self.slot(state, model, path) as slot:
             with map_upstream_errors(provider):
                 async with self.session.request(
                     method, state.base_url + path, data=data,
@@ -139,30 +150,47 @@ class Upstream:
                     timeout=state.stream_timeout if stream else state.timeout,
                     allow_redirects=False,  # a provider that redirects is misconfigured
                 ) as resp:
-                    status, outcome = resp.status, outcome_of(resp.status)
-                    upstream_id = next((resp.headers[h] for h in ANSWER_ID_HEADERS
-                                        if h in resp.headers), None)
+                    status = resp.status
+                    slot.status, slot.outcome = status, outcome_of(status)
+                    slot.upstream_id = next((resp.headers[h] for h in ANSWER_ID_HEADERS
+                                             if h in resp.headers), None)
                     if 300 <= status < 400:
                         raise GatewayError("upstream_unavailable", f"The provider '{provider}' "
                                            f"answered with a redirect (HTTP {status}).")
-                    yield resp
+                    call = Call(resp)
+                    yield call
+                    if call.broken:
+                        slot.outcome = "broken"
+
+    @asynccontextmanager
+    async def slot(self, state: ProviderState, model: str, path: str) -> AsyncIterator[Slot]:
+        """A place under the provider's max_concurrency for one attempt (an HTTP call or an
+        offline render), logged and counted when it ends; 429 upstream_busy when none is free."""
+        if state.in_flight >= state.config.max_concurrency:
+            self.metrics.child(self.metrics.upstream, state.name, model, "busy").inc()
+            raise GatewayError(
+                "upstream_busy", f"The provider '{state.name}' is at its concurrency limit.",
+                headers={"retry-after": "1"}, gateway_fault=True,
+            )
+        state.in_flight += 1
+        slot, started = Slot(), time.perf_counter()
+        try:
+            yield slot
         except GatewayError as exc:
-            failure = exc
+            slot.failure = exc
             if exc.code == "upstream_timeout":
-                outcome = "timeout"
-            elif outcome == "ok" and not exc.gateway_fault:
-                outcome = "bad_answer"  # a 2xx that carried no usable image
-            raise
-        except AnswerBroken:
-            outcome = "broken"
+                slot.outcome = "timeout"
+            elif slot.outcome == "ok" and not exc.gateway_fault:
+                slot.outcome = "bad_answer"  # a 2xx that carried no usable image
             raise
         except asyncio.CancelledError:
-            outcome = "cancelled"
+            slot.outcome = "cancelled"
             raise
         finally:
             state.in_flight -= 1
-            self.record(provider, model, path, status, outcome, time.perf_counter() - started,
-                        upstream_id=upstream_id, error=failure)
+            self.record(state.name, model, path, slot.status, slot.outcome,
+                        time.perf_counter() - started, upstream_id=slot.upstream_id,
+                        error=slot.failure)
 
     def record(self, provider: str, model: str, path: str, status: int, outcome: str,
                seconds: float, *, upstream_id: str | None = None,

@@ -49,7 +49,7 @@ class Conn:
             raise FramingError(f"empty or cut reply: {exc.partial[:200]!r}") from None
         lines = raw_head[:-4].split(b"\r\n")
         parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or parts[0] != b"HTTP/1.1" or not parts[1].isdigit():
+        if len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0") or not parts[1].isdigit():
             raise FramingError(f"bad status line {lines[0][:200]!r}")
         headers = []
         for line in lines[1:]:
@@ -61,7 +61,8 @@ class Conn:
             headers.append((name.decode(), value.strip().decode("latin-1")))
         reply = Reply(int(parts[1]), headers, b"", raw_head)
         connection = (reply.header("connection") or "").lower()
-        reply.closes = connection == "close"
+        reply.closes = connection == "close" or (
+            parts[0] == b"HTTP/1.0" and connection != "keep-alive")
         if head or reply.status in (204, 304) or 100 <= reply.status < 200:
             return reply
         reply.body = await self._read_body(reply)
