@@ -239,7 +239,11 @@ def run_worker(config: Any, multiprocess: bool, path: str | None = None,
             storage = msgspec.structs.replace(
                 new.storage, signing_secret=generations.current.config.storage.signing_secret)
             new = msgspec.structs.replace(new, storage=storage)
-        generations.reload(new)
+        try:
+            generations.reload(new)
+        except Exception as exc:  # a bug, never a bad file: those are ConfigErrors above
+            log.exception("config_reload_failed", error=type(exc).__name__, path="",
+                          detail="the config loaded before keeps serving")
 
     log.info("starting", host=config.server.host, port=config.server.port, pid=os.getpid(),
              models=len(config.models))
