@@ -16,7 +16,7 @@ from tests.upstreams.gemini import API_KEY, DRAFT_PNG, FINAL_PNG, JPEG, Recorder
 CASES = load_cases("gemini")
 OPENAI_SIZES = ("256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024",
                 "1024x1792", "auto")
-MODEL = "gemini-2.5-flash-image"
+MODEL = "gemini-3-pro-image"
 AUTH = gemini.auth_headers(API_KEY)
 NOW = 1700000000  # received_at stamped on a mock answer, so its created is checkable
 
@@ -59,13 +59,15 @@ async def test_mock_generation_returns_a_real_png(aiohttp_server: Any) -> None:
     seen = recorder.requests[0]
     assert seen.path == f"/models/{MODEL}:generateContent"
     assert seen.headers["x-goog-api-key"] == API_KEY and "Authorization" not in seen.headers
+    # 1024x1792 is 1.8 MP: the 1K tier (~1 MP), not 2K (~4 MP); quality beside a size is named
     assert seen.json["generationConfig"]["imageConfig"] == {"aspectRatio": "9:16",
-                                                            "imageSize": "2K"}
+                                                            "imageSize": "1K"}
+    assert sent.dropped == ("quality",)
 
 
 async def test_mock_thought_images_are_skipped(aiohttp_server: Any) -> None:
     server = await aiohttp_server(make_app(Recorder(mode="thought")))
-    sent = gemini.encode_request(request(model="gemini-3-pro-image-preview"))
+    sent = gemini.encode_request(request(model="gemini-3-pro-image"))
     result = gemini.decode_response(await call(server, sent, AUTH))
     assert len(result.images) == 1 and decoded(result) == FINAL_PNG != DRAFT_PNG
     assert result.images[0].revised_prompt == "Here is the final image."

@@ -13,9 +13,6 @@ from imagegate.adapters.base import (
     ImageRequest,
     UpstreamRequest,
     bearer,
-    image_size_class,
-    nearest_ratio,
-    parse_size,
 )
 from imagegate.config.errors import GatewayError
 from PIL import Image
@@ -38,9 +35,7 @@ def test_fixtures_cover_every_kind_and_size() -> None:
 
 @pytest.mark.parametrize("size", sorted(aspect.SIZES))
 def test_size_table_agrees_with_the_computed_rule(size: str) -> None:
-    parsed = parse_size(size)
-    assert parsed is not None
-    assert aspect.SIZES[size] == (nearest_ratio(*parsed), image_size_class(*parsed))
+    assert aspect.SIZES[size] == aspect.image_shape(size, None)[:2]
 
 
 def test_adapter_declares_one_image_per_call() -> None:
@@ -54,7 +49,8 @@ def test_adapter_declares_one_image_per_call() -> None:
 
 def request(**fields: Any) -> ImageRequest:
     fields.setdefault("operation", "generate")
-    return ImageRequest(model="google/gemini-2.5-flash-image", prompt="a fox", **fields)
+    fields.setdefault("model", "google/gemini-3-pro-image")
+    return ImageRequest(prompt="a fox", **fields)
 
 
 async def test_mock_generation_returns_a_real_png(aiohttp_server: Any) -> None:
@@ -67,10 +63,10 @@ async def test_mock_generation_returns_a_real_png(aiohttp_server: Any) -> None:
     assert Image.open(io.BytesIO(PNG)).format == "PNG"
     seen = recorder.requests[0]
     assert (seen.path, seen.headers["Authorization"]) == ("/chat/completions", f"Bearer {API_KEY}")
-    assert seen.json["image_config"] == {"aspect_ratio": "16:9", "image_size": "2K"}
+    assert seen.json["image_config"] == {"aspect_ratio": "16:9", "image_size": "1K"}
     assert "stream" not in seen.json and seen.json["user"] == "u-1"
     assert result.usage is not None and result.usage.output_tokens_details == {
-        "image_tokens": 1290}
+        "image_tokens": 1290, "text_tokens": 5}
 
 
 async def test_mock_accepts_a_multi_image_edit(aiohttp_server: Any) -> None:
