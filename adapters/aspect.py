@@ -115,7 +115,8 @@ def image_shape(size: str | None, quality: str | None, profile: Profile = OTHER)
         return _quality_tier(quality, profile)
     ratio, pixels, approximated = _asked(size, profile.ratios)
     # the tier the client asked for: a named one as named (3K has no match), else the nearest
-    asked = size.upper() if size.upper() in NAMED_PIXELS else nearest_tier(pixels, TIER_PIXELS)
+    asked = size.upper() if size.upper() in NAMED_PIXELS else nearest_tier(pixels,
+                                                                           tuple(TIER_PIXELS))
     made = nearest_tier(pixels, profile.tiers) if profile.tiers else "1K"
     dropped = ("size",) if approximated or made != asked else ()
     wants_quality = quality is not None and quality != "auto"

@@ -91,14 +91,20 @@ async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequ
         return [await render(upstream, state, req, adapter.render)]
     assert adapter.decode_response is not None
 
-    async def one(up) -> ProviderResult:  # type: ignore[no-untyped-def]
+    async def send(up: UpstreamRequest) -> UpstreamResponse:
         headers = {"Content-Type": up.content_type, **up.headers}
         async with upstream.attempt(state.name, req.model, up.path, data=up.body,
                                     headers=headers, method=up.method) as resp:
             body = await resp.read()
-            received = UpstreamResponse(status=resp.status, body=body,
-                                        headers={k.lower(): v for k, v in resp.headers.items()},
-                                        received_at=int(time.time()))
+            return UpstreamResponse(status=resp.status, body=body,
+                                    headers={k.lower(): v for k, v in resp.headers.items()},
+                                    received_at=int(time.time()))
+
+    async def one(up: UpstreamRequest) -> ProviderResult:
+        received = await send(up)
+        again = adapter.retry(req, received) if adapter.retry is not None else None
+        if again is not None:  # the adapter changed the call once (OpenRouter modalities)
+            received = await send(again)
         return adapter.decode_response(received)  # type: ignore[misc]
 
     outcomes = await asyncio.gather(*(one(up) for up in encoded), return_exceptions=True)
@@ -180,7 +186,10 @@ class Finisher:
                 raise bad_image() from None
         if req.response_format == "url":
             name, query = await self.store.save(data, mime)
-            return Image(url=f"{base_url}/v1/images/files/{name}?{query}", revised_prompt=revised)
+            # a stream's completed event carries b64_json always (OpenAI's schema), url beside
+            b64 = base64.b64encode(data).decode() if req.stream else msgspec.UNSET
+            return Image(url=f"{base_url}/v1/images/files/{name}?{query}", b64_json=b64,
+                         revised_prompt=revised)
         return Image(b64_json=base64.b64encode(data).decode(), revised_prompt=revised)
 
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from PIL import Image
 
 from tests.conftest import make_config
+from tests.schemas import checked_sdk
 from tests.upstreams import ark as ark_mock
 from tests.upstreams import zai as zai_mock
 from tests.upstreams.openai import png_bytes
@@ -30,7 +31,7 @@ async def env(aiohttp_server: Any, gateway: Any, tmp_path: Any) -> Any:
         "cogview-4": {"routes": [{"provider": "zai", "model": "cogview-4-250304"}]},
     }
     client = await gateway(make_config(tmp_path=tmp_path, providers=providers, models=models))
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
     yield sdk, client, ark, zai
     await sdk.close()
 
