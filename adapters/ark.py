@@ -33,11 +33,11 @@ from imagegate.adapters.base import (
     data_url,
     parse_size,
     safe_message,
-    sniff_mime,
     status_error,
 )
 from imagegate.config.api import Usage
 from imagegate.config.errors import GatewayError
+from imagegate.config.images import sniff_mime
 from msgspec import UNSET, UnsetType
 
 PATH: Final = "/images/generations"  # generations and edits alike: `image` decides the mode

@@ -10,19 +10,13 @@ from typing import Final, Literal
 import msgspec
 from imagegate.config.api import KNOWN_VALUES, Usage
 from imagegate.config.errors import GatewayError
+from imagegate.config.images import InputImage
 
 Operation = Literal["generate", "edit"]
 DROP: Final = "drop"
 REJECT: Final = "reject"
 Policy = Literal["drop", "reject"]
 
-
-class InputImage(msgspec.Struct, frozen=True):
-    """An input image of an edit, already read and sniffed (`mime` is the real type)."""
-
-    data: bytes
-    mime: str
-    filename: str = "image"
 
 
 class ImageRequest(msgspec.Struct, kw_only=True):
@@ -184,22 +178,6 @@ def nearest_ratio(width: int, height: int, ratios: Sequence[str] = ASPECT_RATIOS
 
 # --- images ---------------------------------------------------------------------------------
 
-_MAGIC: Final = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-)
-
-
-def sniff_mime(head: bytes) -> str | None:
-    """The real image type from the first bytes (png, jpeg, webp, gif), else None."""
-    for magic, mime in _MAGIC:
-        if head.startswith(magic):
-            return mime
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    return None
 
 
 def data_url(image: InputImage) -> str:

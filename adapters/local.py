@@ -15,11 +15,11 @@ from imagegate.adapters.base import (
     Capabilities,
     GeneratedImage,
     ImageRequest,
-    InputImage,
     ProviderResult,
     parse_size,
 )
 from imagegate.config.errors import GatewayError
+from imagegate.config.images import InputImage
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 CAPABILITIES = Capabilities(

@@ -1,4 +1,4 @@
-"""OpenAI: native, so requests are forwarded as bytes by the proxy, never re-encoded."""
+"""OpenAI: native, so requests are forwarded as bytes (proxy/passthrough.py), never re-encoded."""
 from __future__ import annotations
 
 import re

@@ -26,6 +26,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "gpt-image-1"
+BENCH_KEY = "ig-bench-key"
+AUTH = {"Authorization": f"Bearer {BENCH_KEY}"}
 GEN_BODY = json.dumps({"model": MODEL, "prompt": "a bench otter", "n": 1}).encode()
 EDIT_BYTES = 50 * 1024 * 1024
 MAX_ERRORS = 1000  # a dead gateway fails fast: stop the load rather than spin until the deadline
@@ -36,6 +38,8 @@ TARGETS = {
     "idle_rss_mb": 60.0,
     "cpu_ms_per_request": 0.5,
     "edit_rss_increase_mb": 5.0,
+    "cpu_ratio": 1.25,  # gateway CPU per passthrough request over the bare forwarder's
+    "added_p50_ms": 0.3,  # at one connection
 }
 
 
@@ -210,7 +214,9 @@ def write_config(tmp: Path, upstream_port: int) -> Path:
         "providers:\n"
         f"  openai: {{type: openai, base_url: 'http://127.0.0.1:{upstream_port}',"
         " api_key: sk-bench}\n"
-        f"models:\n  {MODEL}: {{routes: [{{provider: openai}}]}}\n")
+        f"models:\n  {MODEL}: {{routes: [{{provider: openai}}]}}\n"
+        # one API key: every middleware on, as a gateway is run
+        f"auth: {{keys: [{{id: bench, key: {BENCH_KEY}}}]}}\n")
     return path
 
 
@@ -309,7 +315,8 @@ async def measure_load(base: str, pid: int, concurrency: int, seconds: float) ->
     url = base + "/v1/images/generations"
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                     headers=AUTH) as session:
         warm = await drive(session, url, concurrency, count=200)
         cpu_before, started = tree_cpu_ms(pid), time.perf_counter()
         tally = await drive(session, url, concurrency, seconds=seconds)
@@ -403,7 +410,7 @@ async def measure_edit(session: aiohttp.ClientSession, base: str, upstream: str,
 
 async def measure_edits(base: str, upstream: str, pid: int) -> dict[str, Any]:
     timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    async with aiohttp.ClientSession(timeout=timeout, headers=AUTH) as session:
         # a small edit first: lazy set-up (upstream connection, first-call code) is not the
         # large upload's cost
         await one_edit(session, base, big_image(256 * 1024), True)
@@ -423,22 +430,28 @@ def verdict(name: str, value: Any) -> tuple[str, str]:
 
 
 def table_rows(r: dict[str, Any]) -> list[tuple[str, Any, str]]:
-    load, edits = r.get("load", {}), r.get("edit", {})
+    loads, edits = r.get("load", {}), r.get("edit", {})
     rows = [("start-up (s)", r["startup_s"], "startup_s"),
             ("idle RSS (MB)", r["idle_rss_mb"], "idle_rss_mb")]
-    if load:
-        rows += [("requests/s", load["requests_per_s"], ""),
-                 ("errors", load["errors"], ""),
-                 ("gateway CPU ms / request", load["cpu_ms_per_request"], "cpu_ms_per_request"),
-                 ("gateway CPU busy (%)", load["gateway_cpu_busy_pct"], ""),
-                 ("latency p50 (ms)", load["p50_ms"], ""),
-                 ("latency p99 (ms)", load["p99_ms"], ""),
-                 ("RSS after load (MB)", load["rss_after_load_mb"], "")]
-    bare = r.get("baseline")
-    if load and bare:
-        overhead = round(load["cpu_ms_per_request"] - bare["cpu_ms_per_request"], 3)
-        rows += [("bare forwarder CPU ms / request", bare["cpu_ms_per_request"], ""),
-                 ("chain overhead CPU ms / request", overhead, "")]
+    bares = r.get("baseline", {})
+    for c, load in loads.items():
+        at = f"C={c}: "
+        rows += [(at + "requests/s", load["requests_per_s"], ""),
+                 (at + "errors", load["errors"], ""),
+                 (at + "gateway CPU ms / request", load["cpu_ms_per_request"],
+                  "cpu_ms_per_request"),
+                 (at + "gateway CPU busy (%)", load["gateway_cpu_busy_pct"], ""),
+                 (at + "latency p50 (ms)", load["p50_ms"], ""),
+                 (at + "latency p99 (ms)", load["p99_ms"], ""),
+                 (at + "RSS after load (MB)", load["rss_after_load_mb"], "")]
+        bare = bares.get(c)
+        if bare and load["cpu_ms_per_request"] and bare["cpu_ms_per_request"]:
+            ratio = round(load["cpu_ms_per_request"] / bare["cpu_ms_per_request"], 2)
+            rows += [(at + "bare forwarder CPU ms / request", bare["cpu_ms_per_request"], ""),
+                     (at + "CPU ratio gateway / bare", ratio, "cpu_ratio"),
+                     (at + "bare forwarder p50 (ms)", bare["p50_ms"], ""),
+                     (at + "added p50 latency (ms)", round(load["p50_ms"] - bare["p50_ms"], 2),
+                      "added_p50_ms" if c == 1 else "")]
     for kind, label in (("streamed", "fields first"), ("spooled", "model after file")):
         e = edits.get(kind)
         if e:
@@ -456,9 +469,9 @@ def print_table(results: dict[str, Any], out: Any) -> None:
     for label, value, key in table_rows(results):
         target, mark = verdict(key, value)
         print(f"{label:<46} {value!s:>10}  {target:<8} {mark}", file=out)
-    load = results.get("load", {})
-    if load.get("first_error"):
-        print(f"\nfirst error: {load['first_error']}", file=out)
+    for c, load in results.get("load", {}).items():
+        if load.get("first_error"):
+            print(f"\nfirst error at C={c}: {load['first_error']}", file=out)
     for kind, e in results.get("edit", {}).items():
         if e.get("error"):
             print(f"\n{kind} edit error: {e['error']}", file=out)
@@ -469,7 +482,8 @@ def print_table(results: dict[str, Any], out: Any) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=float, default=10.0, help="load duration (default 10)")
-    p.add_argument("--concurrency", type=int, default=16, help="parallel clients (default 16)")
+    p.add_argument("--concurrency", type=_levels, default=[64],
+                   help="parallel clients, one level or several (e.g. 1,64; default 64)")
     p.add_argument("--skip-edit", action="store_true", help="skip the 50 MB edit figures")
     p.add_argument("--skip-load", action="store_true", help="skip the generation load")
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
@@ -478,6 +492,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bare-proxy", help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def _levels(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def note(message: str) -> None:
@@ -492,9 +510,10 @@ async def measure(args: argparse.Namespace, base: str, upstream: str, pid: int,
         note("50 MB multipart edits (fields first, then model after the file)")
         results["edit"] = await measure_edits(base, upstream, pid)
     if not args.skip_load:
-        note(f"load: 200 warm-up requests, then {args.seconds:g} s at "
-             f"concurrency {args.concurrency}")
-        results["load"] = await measure_load(base, pid, args.concurrency, args.seconds)
+        results["load"] = {}
+        for c in args.concurrency:
+            note(f"load: 200 warm-up requests, then {args.seconds:g} s at concurrency {c}")
+            results["load"][c] = await measure_load(base, pid, c, args.seconds)
 
 
 def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[Any]]) -> dict:
@@ -515,9 +534,11 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[Any]])
         stop(gateway)  # the forwarder gets the cores to itself, as the gateway had them
         bare_port = start_upstream(procs, f"http://127.0.0.1:{upstream_port}")
         bare = procs[-1]
-        note(f"baseline: bare aiohttp forwarder, {args.seconds:g} s at {args.concurrency}")
-        results["baseline"] = asyncio.run(measure_load(f"http://127.0.0.1:{bare_port}",
-                                                       bare.pid, args.concurrency, args.seconds))
+        results["baseline"] = {}
+        for c in args.concurrency:
+            note(f"baseline: bare aiohttp forwarder, {args.seconds:g} s at concurrency {c}")
+            results["baseline"][c] = asyncio.run(measure_load(
+                f"http://127.0.0.1:{bare_port}", bare.pid, c, args.seconds))
     return results
 
 

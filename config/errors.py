@@ -14,6 +14,9 @@ ERROR_CODES: Final[Mapping[str, tuple[int, str]]] = {
     "model_not_found": (404, INVALID),
     "method_not_allowed": (405, INVALID),
     "request_too_large": (413, INVALID),
+    "idempotency_key_in_use": (409, INVALID),
+    "idempotency_key_reused": (422, INVALID),
+    "unsupported_encoding": (415, INVALID),
     "rate_limit_exceeded": (429, "rate_limit_error"),
     "content_policy_violation": (400, INVALID),
     "insufficient_quota": (402, "insufficient_quota"),
@@ -40,6 +43,7 @@ class GatewayError(Exception):
         status: int | None = None,
         wire_code: str | None = None,
         wire_type: str | None = None,
+        gateway_fault: bool = False,
     ) -> None:
         super().__init__(message)
         default_status, self.type = ERROR_CODES[code]
@@ -48,3 +52,8 @@ class GatewayError(Exception):
         self.code = wire_code or code
         self.message, self.param = message, param
         self.headers = dict(headers or {})
+        # the gateway's own failure (its storage, its concurrency cap), not the provider's: it
+        # never counts against a route's health and is never retried on another provider
+        self.gateway_fault = gateway_fault
+        # the provider's own words, made safe, for the upstream attempt's log line only
+        self.provider_message: str | None = None

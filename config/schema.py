@@ -13,6 +13,9 @@ class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
     """Config Structs: unknown keys are errors; subclasses repeat frozen=True for type checkers."""
 
 
+Sha256Hex = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+
+
 class ServerConfig(Strict, frozen=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
@@ -23,6 +26,10 @@ class ServerConfig(Strict, frozen=True):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_images_per_request: Annotated[int, Meta(ge=1, le=16)] = 16
     stream_keepalive_s: PositiveFloat = 10.0  # SSE comment interval while a provider works
+    header_timeout_s: PositiveFloat = 15.0  # a request's head must arrive whole within this
+    body_timeout_s: PositiveFloat = 30.0  # longest pause between two pieces of a request body
+    max_connections: Annotated[int, Meta(ge=1)] | None = None  # None: from the open-file limit
+    admin_keys: list[Sha256Hex] = []  # key_sha256 of the keys that may read /status, /metrics
 
 
 class Limits(Strict, frozen=True):
@@ -49,6 +56,7 @@ class AuthConfig(Strict, frozen=True):
 class StateConfig(Strict, frozen=True):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    on_redis_error: Literal["open","closed"] = "open"
 
 
 class StorageConfig(Strict, frozen=True):
@@ -59,6 +67,12 @@ class StorageConfig(Strict, frozen=True):
 
     def __repr__(self) -> str:
         return f"StorageConfig(backend={self.backend!r}, path={self.path!r}, ttl_s={self.ttl_s})"
+
+
+class IdempotencyConfig(Strict, frozen=True):
+    ttl_s: PositiveFloat = 86400.0  # a finished answer is replayed this long
+    lease_s: Annotated[float, Meta(ge=1)] = 30.0  # an in-flight marker lives this long unrenewed
+    max_stored_bytes: Annotated[int, Meta(ge=0)] = 512 * 1024 * 1024  # memory backend only
 
 
 class FetchConfig(Strict, frozen=True):
@@ -143,6 +157,7 @@ class Config(Strict, frozen=True):
     state: StateConfig = StateConfig()
     storage: StorageConfig = StorageConfig()
     fetch: FetchConfig = FetchConfig()
+    idempotency: IdempotencyConfig = IdempotencyConfig()
     providers: dict[str, Provider] = {}
     models: dict[str, ModelConfig] = {}
     routing: RoutingConfig = RoutingConfig()

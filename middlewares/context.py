@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
-from imagegate.middlewares.keys import IMAGES, KEY_ID, MODEL, PROMPT, PROVIDER, REQUEST_ID
+from imagegate.middlewares.keys import IDEMPOTENCY, KEY_ID, MODEL, OUTCOME, PROMPT, REQUEST_ID
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -53,6 +53,9 @@ def _access_line(
             getattr(response, "body", b"") or b""
         )
     extra = {"prompt": request[PROMPT]} if PROMPT in request else {}
+    if IDEMPOTENCY in request:
+        extra["idempotency"] = request[IDEMPOTENCY]
+    outcome = request.get(OUTCOME)
     log.info(
         "request",
         method=request.method,
@@ -61,8 +64,8 @@ def _access_line(
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
         key=request.get(KEY_ID),
         model=request.get(MODEL),
-        provider=request.get(PROVIDER),
-        images=request.get(IMAGES, 0),
+        provider=outcome.provider if outcome is not None else None,
+        images=outcome.images if outcome is not None else 0,
         bytes_in=request.content_length or 0,
         bytes_out=bytes_out,
         **extra,

@@ -1,22 +1,52 @@
-"""Every key under which a middleware or handler keeps per-request or per-app state."""
+"""Every key under which a middleware or handler keeps per-request or per-app state, and the two
+typed results that travel on the request: what was asked (`ParsedRequest`) and who answered it
+(`Outcome`). Each key is written in one place and read by the logs, metrics and later layers."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 from aiohttp import web
-from imagegate.config.schema import ApiKey, Config, ModelConfig
+from imagegate.config.api import Usage
+from imagegate.config.schema import ApiKey, Config, ModelConfig, Route
+from imagegate.middlewares.forms import Form
 
 
-class Routed(msgspec.Struct):
-    """A JSON images request once decoded and routed to a public model."""
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    """An images POST once its body's head is read (by middlewares/parse.py): the model resolved,
+    the key's allowlist checked, the model's defaults filled."""
 
+    endpoint: str  # "generations" | "edits" | "variations"
     public_model: str
     model_config: ModelConfig
-    body: Any  # ImageGenerateRequest | ImageEditJSONRequest, defaults applied
-    raw: bytes  # the body exactly as the client sent it
-    rewritten: bool  # alias resolved, model missing, or defaults filled: the bytes must change
-    defaults: dict[str, Any]
+    n: int  # >= 1, after defaults
+    stream: bool
+    body: Any  # ImageGenerateRequest | ImageEditJSONRequest | ImageEditForm, defaults applied
+    raw: bytes | None  # the JSON body exactly as sent; None for multipart
+    form: Form | None  # multipart: the head's fields and the rest of the body, still unread
+    filled: dict[str, Any]  # the defaults that were filled in
+
+    @property
+    def rewritten(self) -> bool:
+        """The JSON bytes must change on the way out: an alias, a missing model or defaults."""
+        return bool(self.filled) or self.body.model != self.public_model
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The route that answered an images request and what it delivered (set by proxy/dispatch.py
+    before the handler returns, streamed answers included)."""
+
+    provider: str  # the configured provider name
+    route: Route
+    provider_model: str
+    images: int  # images actually delivered to the client
+    usage: Usage | None
+    size: str | None  # as asked (after defaults)
+    quality: str | None
+    attempts: int  # upstream attempts this request took
+
 
 CONFIG = web.AppKey("config", Config)
 
@@ -24,7 +54,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 API_KEY = web.RequestKey("api_key", ApiKey)  # absent on an open gateway
 KEY_ID = web.RequestKey("key_id", str)  # label and log value: the key's id, never the secret
 MODEL = web.RequestKey("model", str)  # the public model name, once it is known and configured
-PROVIDER = web.RequestKey("provider", str)  # the provider name of the route that answered
-IMAGES = web.RequestKey("images", int)  # images in the answer
 PROMPT = web.RequestKey("prompt", str)  # set only when server.log_prompts is true
-ROUTED = web.RequestKey("routed", Routed)  # set by the rewrite middleware for JSON bodies
+PARSED = web.RequestKey("parsed", ParsedRequest)  # images POSTs, by middlewares/parse.py
+OUTCOME = web.RequestKey("outcome", Outcome)  # images answers, by proxy/dispatch.py
+IDEMPOTENCY = web.RequestKey("idempotency", str)  # first | replayed | coalesced, with a key

@@ -6,12 +6,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from imagegate.middlewares.keys import KEY_ID, MODEL
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from imagegate.middlewares.keys import KEY_ID, MODEL, OUTCOME
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 NONE = "-"
+SCRAPE_PATH = "/metrics"  # not counted in flight: a scrape would always read itself
+# the `_created` series double the output for no use
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -37,14 +40,23 @@ class Metrics:
         self.upstream_duration = histogram("upstream_duration_seconds", "Upstream attempt "
                                            "duration", ("provider", "model"))
         self.images = counter("images_total", "Images returned", ("model", "provider"))
+        self.key_images = counter("key_images_total", "Images returned, per API key", ("key",))
         self.tokens = counter("tokens_total", "Tokens reported by providers",
                               ("model", "provider", "kind"))
         self.in_flight = Gauge("imagegate_in_flight_requests", "Requests being answered",
                                registry=registry, multiprocess_mode=in_flight_mode)
         self.rate_limited = counter("rate_limited_total", "Requests refused by a key limit",
                                     ("key", "limit"))
+        self.idempotent_replays = counter("idempotent_replays_total", "Stored answers "
+                                          "replayed for an Idempotency-Key", ("key",))
+        self.idempotent_coalesced = counter("idempotent_coalesced_total", "Duplicates that "
+                                            "waited for the running request", ("key",))
         self.retries = counter("retries_total", "Attempts retried on another route",
                                ("provider",))
+        self.upstream_in_flight = Gauge("imagegate_upstream_in_flight", "Upstream calls "
+                                        "being made (max_concurrency caps them per process)",
+                                        ("provider",), registry=registry,
+                                        multiprocess_mode=in_flight_mode)
         self.route_healthy = Gauge("imagegate_route_healthy", "1 when the route is not resting",
                                    ("provider", "model"), registry=registry,
                                    multiprocess_mode=health_mode)
@@ -77,7 +89,9 @@ def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRe
     async def metrics_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         status = 499
-        in_flight.inc()
+        counted = request.path != SCRAPE_PATH
+        if counted:
+            in_flight.inc()
         try:
             response = await handler(request)
             status = response.status
@@ -88,10 +102,15 @@ def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRe
             status = 500
             raise
         finally:
-            in_flight.dec()
+            if counted:
+                in_flight.dec()
+            key = request.get(KEY_ID, NONE)
             metrics.observe_request(
-                _endpoint(request), request.get(MODEL, NONE), request.get(KEY_ID, NONE),
-                status, time.perf_counter() - started,
+                _endpoint(request), request.get(MODEL, NONE), key, status,
+                time.perf_counter() - started,
             )
+            outcome = request.get(OUTCOME)
+            if outcome is not None and outcome.images:
+                metrics.child(metrics.key_images, key).inc(outcome.images)
 
     return metrics_mw

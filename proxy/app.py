@@ -1,17 +1,27 @@
 """The app factory: the middleware chain in its one fixed order, the routes, the lifecycle."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from aiohttp import web
 from imagegate.config.schema import Config
 from imagegate.middlewares.auth import auth_middleware
+from imagegate.middlewares.body import body_middleware, expect_handler
 from imagegate.middlewares.context import context_middleware, set_request_id_header
 from imagegate.middlewares.errors import errors_middleware
+from imagegate.middlewares.exactly_once import EXACTLY_ONCE, ExactlyOnce
+from imagegate.middlewares.headers import enforce_safe_headers
+from imagegate.middlewares.idempotency import idempotency_middleware
 from imagegate.middlewares.keys import CONFIG
 from imagegate.middlewares.metrics import Metrics, metrics_middleware
-from imagegate.middlewares.rewrite import rewrite_middleware
-from imagegate.proxy import handlers
+from imagegate.middlewares.parse import parse_middleware
+from imagegate.middlewares.redact import configured_secrets, register
+from imagegate.proxy import endpoints
 from imagegate.proxy.gateway import GATEWAY, Gateway
 from imagegate.proxy.routing import Router
+from imagegate.proxy.status import StatusBoard
+from imagegate.proxy.status_page import status_routes
 from imagegate.proxy.storage import ImageStore
 from prometheus_client import CollectorRegistry
 from prometheus_client import multiprocess as prom_multiprocess
@@ -20,34 +30,61 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 def create_app(config: Config, *, registry: CollectorRegistry | None = None,
                router: Router | None = None, store: ImageStore | None = None,
-               multiprocess: bool = False, rest_sync_s: float = 1.0) -> web.Application:
+               multiprocess: bool = False, rest_sync_s: float = 1.0,
+               workers: int = 1, clock: Callable[[], float] = time.time
+               ) -> web.Application:
     registry = registry if registry is not None else CollectorRegistry()
+    register(configured_secrets(config))  # scrubbed from every error body and log line
     metrics = Metrics(registry, multiprocess=multiprocess)
     gateway = Gateway(config, metrics, router, store, rest_sync_s)
+    once = ExactlyOnce(config, metrics, clock=clock)
+    # The order is fixed here and only here:
+    # - context and metrics outermost, errors inside them: the access log and requests_total
+    #   see every final status, errors included;
+    # - auth before anything reads the body: an unknown key costs no parsing;
+    # - parse (DESIGN's rewrite step) before the usage layers: rate limits count `n` and apply
+    #   per-model overrides, and both are known only once the body's head is read and the
+    #   model's aliases and defaults resolved; parse also checks the key's model allowlist;
+    # - idempotency and rate limits (when they exist) then sit between parse and the handler,
+    #   idempotency first, so a replayed answer consumes no limit.
     middlewares = [
         context_middleware(),
         metrics_middleware(metrics),
         errors_middleware(),  # inside context/metrics: they see every final status
-        auth_middleware(config.auth),
-        # rate limits take their place here, between auth and rewrite
-        rewrite_middleware(config, gateway.models),
+        body_middleware(config.server.max_request_bytes),  # 413 / 415 before any body is read
+        auth_middleware(config.auth, config.server.admin_keys),
+        parse_middleware(config, gateway.models),
+        idempotency_middleware(config, once),  # before rate limits: a replay uses none
     ]
     app = web.Application(middlewares=middlewares,
                           client_max_size=config.server.max_request_bytes)
     app[CONFIG] = config
     app[GATEWAY] = gateway
+    app[EXACTLY_ONCE] = once
     app.on_response_prepare.append(set_request_id_header)
+    app.on_startup.append(_last_response_hook)
     app.cleanup_ctx.append(gateway.lifecycle)
-    app.router.add_post("/v1/images/generations", handlers.generations)
-    app.router.add_post("/v1/images/edits", handlers.edits)
-    app.router.add_post("/v1/images/variations", handlers.variations)
-    app.router.add_get("/v1/models", handlers.list_models)
-    app.router.add_get("/v1/models/{model}", handlers.get_model)
-    app.router.add_get("/v1/images/files/{name}", handlers.hosted_file)
-    app.router.add_get("/metrics", make_aiohttp_handler(_exposed_registry(metrics, multiprocess)))
-    app.router.add_get("/healthz", handlers.healthz)
-    app.router.add_get("/readyz", handlers.readyz)
+    app.cleanup_ctx.append(once.lifecycle)  # after the gateway's: detached runs end first
+    expect = expect_handler(config.server.max_request_bytes)
+    for path in ("generations", "edits", "variations"):
+        app.router.add_post(f"/v1/images/{path}", endpoints.images, expect_handler=expect)
+    app.router.add_get("/v1/models", endpoints.list_models, expect_handler=expect)
+    app.router.add_get("/v1/models/{model}", endpoints.get_model, expect_handler=expect)
+    app.router.add_get("/v1/images/files/{name}", endpoints.hosted_file, expect_handler=expect)
+    exposed = _exposed_registry(metrics, multiprocess)
+    app.router.add_get("/metrics", make_aiohttp_handler(exposed), expect_handler=expect)
+    board = StatusBoard(lambda: gateway, exposed, workers=workers)
+    app.cleanup_ctx.append(board.run)
+    for route in status_routes(board):
+        app.router.add_route(route.method, route.path, route.handler, expect_handler=expect)
+    app.router.add_get("/healthz", endpoints.healthz, expect_handler=expect)
+    app.router.add_get("/readyz", endpoints.readyz, expect_handler=expect)
     return app
+
+
+async def _last_response_hook(app: web.Application) -> None:
+    """The header safety net runs after every other on_response_prepare hook."""
+    app.on_response_prepare.append(enforce_safe_headers)
 
 
 def _exposed_registry(metrics: Metrics, multiprocess: bool) -> CollectorRegistry:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -18,26 +17,12 @@ from typing import Any
 import msgspec
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
-
 
 def configure_logging(level: str = "info") -> None:
-    """structlog once per process: JSON lines on stdout, bytes all the way (no stdlib logging)."""
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(
-                serializer=lambda obj, default: msgspec.json.encode(obj, enc_hook=default)
-            ),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.BytesLoggerFactory(),
-        cache_logger_on_first_use=True,
-    )
+    """structlog once per process: JSON lines on stdout; aiohttp's and asyncio's loggers too."""
+    from imagegate.proxy.logs import configure_logging as configure
+
+    configure(level)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,7 +144,6 @@ def supervise(config: Any, count: int) -> int:
 
 
 def run_worker(config: Any, multiprocess: bool) -> None:
-    from aiohttp import web
     from imagegate.proxy.app import create_app
 
     configure_logging(config.server.log_level)
@@ -170,7 +154,6 @@ def run_worker(config: Any, multiprocess: bool) -> None:
     if limited_keys(config):
         log.warning("limits_not_enforced", keys=limited_keys(config),
                     detail="auth.keys[].limits are accepted but not enforced by this version")
-    web.run_app(app, host=config.server.host, port=config.server.port, print=None,
-                access_log=None, reuse_port=multiprocess, handler_cancellation=True,
-                shutdown_timeout=config.server.graceful_shutdown_s,
-                handle_signals=True)
+    from imagegate.proxy.server import run
+
+    run(app, config.server, reuse_port=multiprocess)

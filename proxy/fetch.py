@@ -9,8 +9,8 @@ import socket
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
-from imagegate.adapters.base import InputImage, sniff_mime
 from imagegate.config.errors import GatewayError
+from imagegate.config.images import InputImage, sniff_mime
 from imagegate.config.schema import FetchConfig
 from yarl import URL
 

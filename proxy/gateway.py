@@ -10,9 +10,9 @@ from aiohttp import web
 from imagegate.config.api import Usage
 from imagegate.config.schema import Config
 from imagegate.middlewares.metrics import Metrics
-from imagegate.middlewares.rewrite import ModelTable
+from imagegate.middlewares.parse import ModelTable
 from imagegate.proxy.fetch import Fetcher
-from imagegate.proxy.images import Finisher
+from imagegate.proxy.finish import Finisher
 from imagegate.proxy.rests import SharedRests
 from imagegate.proxy.routing import Router, RouteState
 from imagegate.proxy.storage import ImageStore
@@ -25,6 +25,7 @@ class Gateway:
         self.config = config
         self.metrics = metrics
         self.models = ModelTable(config)
+        self.model_lists: dict[tuple[str, ...], bytes] = {}  # encoded /v1/models answers
         self.router = router or Router(config, metrics)
         self.upstream = Upstream(config, metrics)
         self.store = store or ImageStore(config.storage, redis_url=config.state.redis_url)
@@ -36,10 +37,17 @@ class Gateway:
         if config.state.backend == "redis":
             self.shared = SharedRests(config.state.redis_url, self.router, rest_sync_s)
 
-    async def share_rest(self, route: RouteState) -> None:
+    async def share_rest(self, route: RouteState, seconds: float | None = None) -> None:
         """A route this gateway sent to rest rests on every gateway sharing the Redis."""
         if self.shared is not None:
-            await self.shared.publish(route, self.config.routing.cooldown_s)
+            await self.shared.publish(route, seconds or self.config.routing.cooldown_s)
+
+    def count_retry(self, route: RouteState) -> None:
+        self.metrics.child(self.metrics.retries, route.provider).inc()
+
+    def base_url(self, request: web.Request) -> str:
+        """Where hosted links point: the configured or served address, else the request's."""
+        return self.public_base_url or f"{request.scheme}://{request.host}"
 
     def count_images(self, model: str, provider: str, count: int, usage: Usage | None) -> None:
         m = self.metrics
@@ -49,9 +57,15 @@ class Gateway:
                 if value:
                     m.child(m.tokens, model, provider, kind).inc(value)
 
-    async def check_ready(self) -> str | None:
-        if "redis" not in (self.config.state.backend, self.config.storage.backend):
-            return None
+    async def check_ready(self) -> tuple[bool, list[str]]:
+        """(ready, the parts that are down). With `state.on_redis_error: open` a Redis outage
+        leaves the gateway serving (shared state falls back to this process, b64 answers work):
+        it stays ready, the part named as degraded; with `closed`, it is not ready."""
+        uses = [part for part, backend in (("state", self.config.state.backend),
+                                           ("storage", self.config.storage.backend))
+                if backend == "redis"]
+        if not uses:
+            return True, []
         try:
             import redis.asyncio as redis
 
@@ -59,9 +73,9 @@ class Gateway:
                 self._redis = redis.from_url(self.config.state.redis_url,
                                              socket_connect_timeout=1, socket_timeout=1)
             await self._redis.ping()
-        except Exception:  # any failure means "not ready"; the reason names no secret
-            return "redis is unreachable"
-        return None
+        except Exception:  # any failure means "unreachable"; the reason names no secret
+            return self.config.state.on_redis_error == "open", [f"redis ({', '.join(uses)})"]
+        return True, []
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """cleanup_ctx: one client session for the app's life, the storage sweeper task."""

@@ -1,18 +1,19 @@
-"""Route rests shared through Redis, so every gateway machine skips a route one of them rested."""
+"""Route rests shared through Redis, so every gateway machine skips a (provider, provider model)
+pair one of them rested."""
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
 import structlog
-from imagegate.proxy.routing import Router, RouteState
+from imagegate.proxy.routing import Health, Router, RouteState
 
 PREFIX = "imagegate:rest:"
 log = structlog.get_logger("imagegate.shared")
 
 
 class SharedRests:
-    """Publishes a route's rest as a key that expires with it; polls the others' rests."""
+    """Publishes a pair's rest as a key that expires with it; polls the others' rests."""
 
     def __init__(self, redis_url: str, router: Router, sync_s: float = 1.0) -> None:
         import redis.asyncio as redis  # only when state.backend is redis
@@ -20,9 +21,9 @@ class SharedRests:
         self.client: Any = redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
         self.errors: type[Exception] = redis.RedisError
         self.router, self.sync_s = router, sync_s
-        self.states = router.all_routes()
+        self.health = router.all_health()
 
-    async def publish(self, state: RouteState, seconds: float) -> None:
+    async def publish(self, state: RouteState | Health, seconds: float) -> None:
         try:
             await self.client.set(PREFIX + state.key, "1", px=max(1, int(seconds * 1000)))
         except (self.errors, OSError):
@@ -31,15 +32,15 @@ class SharedRests:
     async def sync_once(self) -> None:
         try:
             pipe = self.client.pipeline(transaction=False)
-            for state in self.states:
-                pipe.pttl(PREFIX + state.key)
+            for health in self.health:
+                pipe.pttl(PREFIX + health.key)
             ttls = await pipe.execute()
         except (self.errors, OSError):
             log.warning("shared_state_unreachable", action="sync")
             return
-        for state, ttl in zip(self.states, ttls, strict=True):
+        for health, ttl in zip(self.health, ttls, strict=True):
             if ttl > 0:
-                self.router.rest(state, ttl / 1000)
+                self.router.rest(health, ttl / 1000)
 
     async def sync_forever(self) -> None:
         while True:

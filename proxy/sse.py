@@ -5,19 +5,23 @@ import asyncio
 import base64
 import contextlib
 import io
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import msgspec
 import structlog
 from aiohttp import web
-from imagegate.adapters.base import ImageRequest, sniff_mime
+from imagegate.adapters.base import ImageRequest
 from imagegate.config.api import ErrorBody, Image, ImagesResponse, ImageStreamEvent, Usage
 from imagegate.config.errors import GatewayError
+from imagegate.config.images import sniff_mime
+from imagegate.middlewares.redact import scrub
 from PIL import Image as PILImage
 
 KEEPALIVE = b": keep-alive\n\n"
 log = structlog.get_logger("imagegate.sse")
+T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -74,38 +78,51 @@ def completed_events(body: ImagesResponse, kind: str, req: ImageRequest) -> list
     return frames
 
 
-async def stream_images(request: web.Request,
-                        work: Coroutine[Any, Any, tuple[ImagesResponse, int]],
+@dataclass
+class Streamed(Generic[T]):
+    response: web.StreamResponse
+    result: T | None  # None when the work failed after the stream had begun
+
+
+async def stream_images(request: web.Request, work: Awaitable[T],
+                        parts: Callable[[T], tuple[ImagesResponse, int, dict[str, str]]],
                         headers: dict[str, str], kind: str, req: ImageRequest,
-                        keepalive_s: float) -> web.StreamResponse:
-    """Errors that come before the first byte keep their HTTP status; later ones are events."""
+                        keepalive_s: float) -> Streamed[T]:
+    """Keep-alives while `work` runs, then its images as events; also what `work` gave (None
+    when it failed after the stream had begun). `parts` reads (answer, images not delivered,
+    headers naming who answered) from that result. Errors that come before the first byte keep
+    their HTTP status; later ones are error events."""
     task = asyncio.ensure_future(work)
     try:
         await asyncio.wait({task}, timeout=keepalive_s)
         if task.done():
-            _, failed = task.result()  # raises a provider error as a plain HTTP error
+            _, failed, more = parts(task.result())  # a provider error: a plain HTTP error
+            headers = {**headers, **more}
             if failed:
-                headers = {**headers, "x-imagegate-failed-images": str(failed)}
+                headers["x-imagegate-failed-images"] = str(failed)
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                           "Cache-Control": "no-cache", **headers})
         await out.prepare(request)
         while not task.done():
             await out.write(KEEPALIVE)
             await asyncio.wait({task}, timeout=keepalive_s)
+        result: T | None = None
         try:
-            body, _ = task.result()
+            result = task.result()
+            body, _, _ = parts(result)
         except Exception as exc:  # the stream has begun: every failure becomes an error event
             error = exc if isinstance(exc, GatewayError) else GatewayError(
                 "server_error", "The gateway failed unexpectedly.")
             if not isinstance(exc, GatewayError):
                 log.exception("unhandled_error_in_stream")
-            envelope = _ErrorEvent(ErrorBody(error.message, error.type, error.param, error.code))
+            envelope = _ErrorEvent(ErrorBody(scrub(error.message), error.type, error.param,
+                                             error.code))
             await out.write(frame("error", _encode(envelope)))
         else:
             for data in completed_events(body, kind, req):
                 await out.write(data)
         await out.write_eof()
-        return out
+        return Streamed(out, result)
     finally:
         if not task.done():
             task.cancel()  # the client hung up: stop the provider calls too

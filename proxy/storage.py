@@ -19,6 +19,7 @@ from imagegate.config.schema import StorageConfig
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp", "image/gif": "gif"}
 CONTENT_TYPES = {ext: mime for mime, ext in EXTENSIONS.items()}
 NAME = re.compile(r"[A-Za-z0-9_-]{22,64}\.(png|jpeg|webp|gif)")
+_DIGITS = re.compile(r"[0-9]{1,12}")
 REDIS_PREFIX = "imagegate:image:"
 log = structlog.get_logger("imagegate.storage")
 
@@ -65,20 +66,22 @@ class RedisBackend:
     async def put(self, name: str, data: bytes) -> None:
         try:
             await self.client.set(REDIS_PREFIX + name, data, ex=max(1, int(self.ttl_s)))
-        except self.errors as exc:
+        except (self.errors, OSError) as exc:
+            log.error("storage_unreachable", backend="redis", error=type(exc).__name__)
             raise storage_down() from exc
 
     async def get(self, name: str) -> bytes | None:
         try:
             data: bytes | None = await self.client.get(REDIS_PREFIX + name)
-        except self.errors as exc:
+        except (self.errors, OSError) as exc:
+            log.error("storage_unreachable", backend="redis", error=type(exc).__name__)
             raise storage_down() from exc
         return data
 
 
 def storage_down() -> GatewayError:
     return GatewayError("upstream_unavailable", "Image storage is unavailable.", status=503,
-                        headers={"retry-after": "5"})
+                        headers={"retry-after": "5"}, gateway_fault=True)
 
 
 class ImageStore:
@@ -105,12 +108,18 @@ class ImageStore:
             await self.redis.put(name, data)
         else:
             assert self.files is not None
-            await asyncio.to_thread(self.files.put, name, data)
+            try:
+                await asyncio.to_thread(self.files.put, name, data)
+            except OSError as exc:  # full, read-only, permissions: the gateway's, not the client's
+                log.error("storage_unwritable", path=str(self.files.root),
+                          error=type(exc).__name__, errno=exc.errno)
+                raise storage_down() from exc
         expires = int(self.clock() + self.ttl_s)
         return name, f"expires={expires}&sig={self._sign(name, expires)}"
 
     def verify(self, name: str, expires: str, sig: str) -> bool:
-        if not NAME.fullmatch(name) or not expires.isdigit() or len(expires) > 12:
+        # ASCII digits only: str.isdigit() takes '²' and int() then fails
+        if not NAME.fullmatch(name) or not _DIGITS.fullmatch(expires) or not sig.isascii():
             return False
         if not hmac.compare_digest(self._sign(name, int(expires)), sig):
             return False

@@ -2,20 +2,44 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import structlog
 from imagegate.adapters import ADAPTERS
-from imagegate.adapters.base import Adapter
+from imagegate.adapters.base import Adapter, safe_message
 from imagegate.config.errors import GatewayError
 from imagegate.config.schema import Config, Provider
 from imagegate.middlewares.metrics import Metrics
 
 log = structlog.get_logger("imagegate.upstream")
+# The gateway's request id goes upstream under the header the provider documents (OpenAI:
+# X-Client-Request-Id), else as a plain x-request-id; the provider's own id for the attempt log
+# line is read from these answer headers, first found wins.
+SENT_ID_HEADER = {"openai": "X-Client-Request-Id"}
+ANSWER_ID_HEADERS = ("x-request-id", "request-id")
+
+
+_SECRETS = re.compile(r"\b(?:sk|ig|key)-[^\s'\"]+|Bearer\s+\S+", re.IGNORECASE)
+
+
+def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """A provider's message fit for the log: no base64 or data URLs (safe_message), no key."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return safe_message(_SECRETS.sub("[redacted]", text))
+
+
+def request_id() -> str | None:
+    """The id of the request being answered (bound by the context middleware)."""
+    value = structlog.contextvars.get_contextvars().get("request_id")
+    return value if isinstance(value, str) else None
 
 
 @contextmanager
@@ -30,16 +54,18 @@ def map_upstream_errors(provider: str) -> Iterator[None]:
         ) from exc
 
 
-class AnswerBroken(Exception):
-    """The upstream failed after its answer had begun reaching the client: the route failed,
-    but the request is over (nothing can be retried or re-rendered)."""
+class Call:
+    """One upstream call in progress: its response, and how it ended when that is not its
+    status (the answer broke after it had begun reaching the client)."""
 
-    def __init__(self, response: Any) -> None:
-        super().__init__("the upstream broke mid-answer")
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
+        self.broken = False
 
 
 def outcome_of(status: int) -> str:
+    if 300 <= status < 400:
+        return "redirected"
     if status < 400:
         return "ok"
     if status in (401, 403):
@@ -47,6 +73,16 @@ def outcome_of(status: int) -> str:
     if status == 429:
         return "rate_limited"
     return "client_error" if status < 500 else "server_error"
+
+
+@dataclass
+class Slot:
+    """How one attempt ended, for its log line and metrics."""
+
+    status: int = 0
+    outcome: str = "connection_error"
+    upstream_id: str | None = None  # the provider's own request id, when it sent one
+    failure: GatewayError | None = None
 
 
 class ProviderState:
@@ -90,46 +126,78 @@ class Upstream:
     async def attempt(
         self, provider: str, model: str, path: str, *, data: Any, headers: Mapping[str, str],
         method: str = "POST", stream: bool = False,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    ) -> AsyncIterator[Call]:
         """One upstream call; the caller reads the response inside the block."""
         state = self.providers[provider]
-        if state.in_flight >= state.config.max_concurrency:
-            self.metrics.child(self.metrics.upstream, provider, model, "busy").inc()
-            raise GatewayError(
-                "upstream_busy", f"The provider '{provider}' is at its concurrency limit.",
-                headers={"retry-after": "1"},
-            )
         assert self.session is not None
-        state.in_flight += 1
-        started, outcome, status = time.perf_counter(), "connection_error", 0
-        try:
+        ours = request_id()
+        sent = {SENT_ID_HEADER.get(state.config.type, "x-request-id"): ours} if ours else {}
+        async with self.slot(state, model, path) as slot:
             with map_upstream_errors(provider):
                 async with self.session.request(
                     method, state.base_url + path, data=data,
-                    headers={**state.headers, **headers},
+                    headers={**sent, **state.headers, **headers},
                     timeout=state.stream_timeout if stream else state.timeout,
+                    allow_redirects=False,  # a provider that redirects is misconfigured
                 ) as resp:
-                    status, outcome = resp.status, outcome_of(resp.status)
-                    yield resp
+                    status = resp.status
+                    slot.status, slot.outcome = status, outcome_of(status)
+                    slot.upstream_id = next((resp.headers[h] for h in ANSWER_ID_HEADERS
+                                             if h in resp.headers), None)
+                    if 300 <= status < 400:
+                        raise GatewayError("upstream_unavailable", f"The provider '{provider}' "
+                                           f"answered with a redirect (HTTP {status}).")
+                    call = Call(resp)
+                    yield call
+                    if call.broken:
+                        slot.outcome = "broken"
+
+    @asynccontextmanager
+    async def slot(self, state: ProviderState, model: str, path: str) -> AsyncIterator[Slot]:
+        """A place under the provider's max_concurrency for one attempt (an HTTP call or an
+        offline render), logged and counted when it ends; 429 upstream_busy when none is free."""
+        if state.in_flight >= state.config.max_concurrency:
+            self.metrics.child(self.metrics.upstream, state.name, model, "busy").inc()
+            raise GatewayError(
+                "upstream_busy", f"The provider '{state.name}' is at its concurrency limit.",
+                headers={"retry-after": "1"}, gateway_fault=True,
+            )
+        state.in_flight += 1
+        slot, started = Slot(), time.perf_counter()
+        try:
+            yield slot
         except GatewayError as exc:
+            slot.failure = exc
             if exc.code == "upstream_timeout":
-                outcome = "timeout"
-            raise
-        except AnswerBroken:
-            outcome = "broken"
+                slot.outcome = "timeout"
+            elif slot.outcome == "ok" and not exc.gateway_fault:
+                slot.outcome = "bad_answer"  # a 2xx that carried no usable image
             raise
         except asyncio.CancelledError:
-            outcome = "cancelled"
+            slot.outcome = "cancelled"
             raise
         finally:
             state.in_flight -= 1
-            self.record(provider, model, path, status, outcome, time.perf_counter() - started)
+            self.record(state.name, model, path, slot.status, slot.outcome,
+                        time.perf_counter() - started, upstream_id=slot.upstream_id,
+                        error=slot.failure)
 
     def record(self, provider: str, model: str, path: str, status: int, outcome: str,
-               seconds: float) -> None:
-        """The metrics and the log line of one attempt (an HTTP call or an offline render)."""
+               seconds: float, *, upstream_id: str | None = None,
+               error: GatewayError | None = None) -> None:
+        """The metrics and the log line of one attempt (an HTTP call or an offline render):
+        the provider's own request id (what its support desk asks for) and, when it failed,
+        the error code and the provider's message made safe (no secrets, no base64)."""
         m = self.metrics
         m.child(m.upstream, provider, model, outcome).inc()
         m.child(m.upstream_duration, provider, model).observe(seconds)
+        extra: dict[str, Any] = {}
+        if upstream_id:
+            extra["upstream_request_id"] = safe_message(upstream_id, 128)
+        if error is not None:
+            state = self.providers.get(provider)
+            key = getattr(state.config, "api_key", "") if state is not None else ""
+            extra["error_code"] = error.code
+            extra["error"] = scrub(error.provider_message or error.message, (key,))
         log.info("upstream", provider=provider, model=model, path=path, status=status,
-                 outcome=outcome, duration_ms=round(seconds * 1000, 2))
+                 outcome=outcome, duration_ms=round(seconds * 1000, 2), **extra)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from imagegate.config.errors import GatewayError
-from imagegate.proxy.multipart import boundary_of, scan
+from imagegate.middlewares.multipart import boundary_of, scan
 
 BOUNDARY = "b0undary-XYZ"
 

@@ -16,8 +16,10 @@ REQ = ImageRequest(operation="generate", model="m", prompt="p")
 
 def app_with(work: Any) -> web.Application:
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await stream_images(request, work(), {"x-imagegate-dropped-params": "style"},
-                                   "image_generation", REQ, keepalive_s=0.02)
+        streamed = await stream_images(request, work(), lambda done: (*done, {}),
+                                       {"x-imagegate-dropped-params": "style"},
+                                       "image_generation", REQ, keepalive_s=0.02)
+        return streamed.response
 
     app = web.Application(middlewares=[errors_middleware()])
     app.router.add_get("/", handler)

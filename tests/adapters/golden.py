@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession
-from imagegate.adapters.base import InputImage, UpstreamRequest, UpstreamResponse
+from imagegate.adapters.base import UpstreamRequest, UpstreamResponse
 from imagegate.config.errors import GatewayError
+from imagegate.config.images import InputImage
 from PIL import Image
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"

@@ -7,8 +7,9 @@ import random
 
 import pytest
 from imagegate.adapters import local
-from imagegate.adapters.base import ImageRequest, InputImage, ProviderResult
+from imagegate.adapters.base import ImageRequest, ProviderResult
 from imagegate.config.errors import GatewayError
+from imagegate.config.images import InputImage
 from PIL import Image, ImageChops
 
 INPUT_SIZE = (64, 48)

@@ -30,5 +30,6 @@ async def test_families_and_bounded_labels(gateway: Any, tmp_path: Any) -> None:
         "provider": "local", "model": "local", "outcome": "ok"}) == 1  # one render, n=2
     assert reg.get_sample_value("imagegate_route_healthy",
                                 {"provider": "local", "model": "local"}) == 1
-    assert "imagegate_in_flight_requests 1.0" in text  # the scrape itself was in flight
+    assert "imagegate_in_flight_requests 0.0" in text  # the scrape does not count itself
+    assert "_created" not in text  # no creation-time series doubling the output
     assert reg.get_sample_value("imagegate_in_flight_requests") == 0

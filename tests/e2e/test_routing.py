@@ -304,3 +304,23 @@ async def test_local_renders_keep_to_max_concurrency(gateway: Any) -> None:
 
     statuses = sorted(await asyncio.gather(*(one() for _ in range(3))))
     assert statuses[0] == 200 and statuses[-1] == 429
+
+
+async def test_answers_say_which_provider_served_them_and_after_how_many_attempts(
+        aiohttp_server: Any, aiohttp_client: Any) -> None:
+    first, second, providers, models = await two_upstreams(aiohttp_server)
+    config = make_config(providers=providers, models=models)
+    client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
+    raw = await sdk.images.with_raw_response.generate(model="gpt-image-1", prompt="p")
+    assert (raw.headers["x-imagegate-provider"], raw.headers["x-imagegate-attempts"]) == (
+        "primary", "1")
+    first.mode = "server_error"
+    raw = await sdk.images.with_raw_response.generate(model="gpt-image-1", prompt="p")
+    assert (raw.headers["x-imagegate-provider"], raw.headers["x-imagegate-attempts"]) == (
+        "backup", "2")
+    assert raw.parse().data[0].b64_json
+    stream = await sdk.images.with_raw_response.generate(model="gpt-image-1", prompt="p",
+                                                         stream=True)
+    assert stream.headers["x-imagegate-provider"] == "backup"  # a relayed stream names it too
+    await sdk.close()

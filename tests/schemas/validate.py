@@ -112,11 +112,11 @@ class SchemaCheckingTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def checked_sdk(base_url: str, api_key: str = "x") -> openai.AsyncOpenAI:
+def checked_sdk(base_url: str, api_key: str = "x", **options: Any) -> openai.AsyncOpenAI:
     """AsyncOpenAI(max_retries=0) whose every images answer is checked against OpenAI's schema;
     `sdk.schema_checks` is the transport (bodies and event types it checked)."""
     transport = SchemaCheckingTransport()
     sdk = openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0,
-                             http_client=httpx.AsyncClient(transport=transport))
+                             http_client=httpx.AsyncClient(transport=transport), **options)
     sdk.schema_checks = transport  # type: ignore[attr-defined]
     return sdk

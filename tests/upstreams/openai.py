@@ -47,8 +47,11 @@ class Received(common.Received):
 @dataclass
 class Recorder:
     requests: list[Received] = field(default_factory=list)
-    mode: str = "ok"  # ok | url | policy | auth | rate_limit | quota | server_error | slow
+    mode: str = "ok"  # ok | url | policy | auth | rate_limit | quota | server_error | unavailable
     delay_s: float = 0.0
+    gate: asyncio.Event | None = None  # set: answers wait until it is set (a slow provider)
+    retry_after: str = "7"  # on rate_limit and unavailable
+    ids: list[str] = field(default_factory=list)  # the x-request-id of every answer, in order
     image_b64: str = PNG_B64
 
     @property
@@ -63,15 +66,19 @@ def _error(status: int, message: str, type_: str, code: str | None,
 
 
 FAULTS = {
-    "policy": lambda: _error(400, "Your request was rejected by the safety system.",
+    "policy": lambda r: _error(400, "Your request was rejected by the safety system.",
                              "image_generation_user_error", "moderation_blocked"),
-    "auth": lambda: _error(401, f"Incorrect API key provided: {API_KEY[:6]}***.",
+    "auth": lambda r: _error(401, f"Incorrect API key provided: {API_KEY[:6]}***.",
                            "invalid_request_error", "invalid_api_key"),
-    "rate_limit": lambda: _error(429, "Rate limit exceeded for images per minute.", "requests",
-                                 "rate_limit_exceeded", {"retry-after": "7"}),
-    "quota": lambda: _error(429, "You exceeded your current quota, please check your plan and "
+    "rate_limit": lambda r: _error(429, "Rate limit exceeded for images per minute.",
+                                   "requests", "rate_limit_exceeded",
+                                   {"retry-after": r.retry_after}),
+    "unavailable": lambda r: _error(503, "The engine is currently overloaded, please try again "
+                                    "later.", "server_error", None,
+                                    {"retry-after": r.retry_after}),
+    "quota": lambda r: _error(429, "You exceeded your current quota, please check your plan and "
                             "billing details.", "insufficient_quota", "insufficient_quota"),
-    "server_error": lambda: _error(500, "The server had an error while processing your "
+    "server_error": lambda r: _error(500, "The server had an error while processing your "
                                    "request.", "server_error", None),
 }
 
@@ -106,11 +113,13 @@ def make_app(recorder: Recorder) -> web.Application:
             received.json = fields = json.loads(raw)
         recorder.requests.append(received)
         if request.headers.get("Authorization") != f"Bearer {API_KEY}":
-            return FAULTS["auth"]()
+            return FAULTS["auth"](recorder)
         if recorder.delay_s:
             await asyncio.sleep(recorder.delay_s)
+        if recorder.gate is not None:
+            await recorder.gate.wait()
         if recorder.mode in FAULTS:
-            return FAULTS[recorder.mode]()
+            return FAULTS[recorder.mode](recorder)
         if str(fields.get("stream")).lower() == "true":
             return await _stream(request, recorder)
         n = int(fields.get("n") or 1)
@@ -132,7 +141,13 @@ def make_app(recorder: Recorder) -> web.Application:
     async def file(request: web.Request) -> web.Response:
         return web.Response(body=PNG, content_type="image/png")
 
+    async def request_id(request: web.Request, response: web.StreamResponse) -> None:
+        # OpenAI answers every request with its own id, the one its support desk asks for
+        recorder.ids.append(f"req_{hashlib.sha256(str(len(recorder.ids)).encode()).hexdigest()[:24]}")
+        response.headers["x-request-id"] = recorder.ids[-1]
+
     app = web.Application(client_max_size=200 * 1024 * 1024)
+    app.on_response_prepare.append(request_id)
     app.router.add_post("/images/generations", images)
     app.router.add_post("/images/edits", images)
     app.router.add_post("/images/variations", images)

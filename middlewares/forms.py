@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from aiohttp import web
-from imagegate.adapters.base import InputImage, sniff_mime
 from imagegate.config.errors import GatewayError
-from imagegate.proxy.multipart import Event, PartInfo, boundary_of, scan
+from imagegate.config.images import IMAGE_TYPES, InputImage, sniff_mime
+from imagegate.middlewares.multipart import Event, PartInfo, boundary_of, scan
 
 CHUNK = 256 * 1024
 MAX_TEXT_BYTES = 1024 * 1024  # all text fields together; prompts are at most 32000 chars
 FILE_FIELDS = {"image": "image", "image[]": "image", "mask": "mask"}
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
 
 
 @dataclass
@@ -27,7 +26,12 @@ class Form:
     events: AsyncIterator[Event]
     content_length: int | None  # of the body the events replay, when known
     spool: IO[bytes] | None = None
-    consumed: bool = False  # the events were read (streamed upstream or into memory)
+    unread: bool = True  # no event of the rest taken yet: it can still go anywhere
+
+    def rest(self) -> AsyncIterator[Event]:
+        """The body's events from the head on; they can be taken once."""
+        self.unread = False
+        return self.events
 
     def close(self) -> None:
         if self.spool is not None:
@@ -139,6 +143,34 @@ async def _spool(boundary: bytes, seen: list[Event], events: AsyncIterator[Event
                 scan(boundary, _file_chunks(spool)), size, spool=spool)
 
 
+async def take_whole(form: Form) -> IO[bytes]:
+    """The whole body on disk, handed to the caller (who closes it; `form.close()` no longer
+    does), so it can be read more than once (`spooled_events`, `reread`)."""
+    spool = form.spool
+    if spool is None:
+        spool = tempfile.TemporaryFile(prefix="imagegate-")  # on disk, never held in memory
+        try:
+            async for ev in form.rest():
+                spool.write(ev.data)
+            spool.flush()
+        except BaseException:
+            spool.close()
+            raise
+        form.content_length = os.fstat(spool.fileno()).st_size
+    form.spool = None
+    reread(form, spool)
+    return spool
+
+
+def spooled_events(form: Form, spool: IO[bytes]) -> AsyncIterator[Event]:
+    return scan(form.boundary, _file_chunks(spool))
+
+
+def reread(form: Form, spool: IO[bytes]) -> None:
+    """The form reads its events from the start of its spooled body again."""
+    form.events, form.unread = spooled_events(form, spool), True
+
+
 @dataclass
 class FileCheck:
     """Validates file parts as they pass: field names, counts, emptiness, real image type."""
@@ -150,7 +182,6 @@ class FileCheck:
     head: bytes = b""
     size: int = 0
     mimes: list[str] = field(default_factory=list)
-    error: GatewayError | None = None  # a bad file found while its bytes were being forwarded
 
     def feed(self, ev: Event) -> None:
         if ev.kind == "part":
@@ -205,25 +236,33 @@ def extra_part(boundary: bytes, name: str, value: str) -> bytes:
             + name.encode() + b'"\r\n\r\n' + value.encode())
 
 
-async def forward_body(form: Form, check: FileCheck, model: str, extra: Mapping[str, str],
-                       drop: frozenset[str] = frozenset()) -> AsyncIterator[bytes]:
-    """The body to send upstream: every byte as sent but the model value, added fields, and
-    dropped text fields. A bad part or a malformed body is the client's fault, not the route's:
-    it is kept in `check.error` because aiohttp's body writer would bury it."""
-    form.consumed = True
-    try:
-        async for chunk in _rewritten(form, check, model.encode(), extra, drop):
-            yield chunk
-    except GatewayError as error:
-        check.error = error
-        raise
+class FormUpload:
+    """The body to send upstream, as an async iterable for aiohttp: every byte as sent but the
+    model value, added fields, and dropped text fields. A bad part or a malformed body is the
+    client's fault, not the route's: aiohttp's body writer would bury it, so it is kept in
+    `failure`, the upload's own result."""
+
+    def __init__(self, form: Form, check: FileCheck, model: str, extra: Mapping[str, str],
+                 drop: frozenset[str] = frozenset()) -> None:
+        self.form, self.check, self.model = form, check, model
+        self.extra, self.drop = extra, drop
+        self.failure: GatewayError | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in _rewritten(self.form, self.check, self.model.encode(),
+                                          self.extra, self.drop):
+                yield chunk
+        except GatewayError as error:
+            self.failure = error
+            raise
 
 
 async def _rewritten(form: Form, check: FileCheck, new_model: bytes, extra: Mapping[str, str],
                      drop: frozenset[str]) -> AsyncIterator[bytes]:
     in_model = skipping = False
     pending: list[bytes] = []  # a part's delimiter and headers, held until the part is named
-    async for ev in form.events:
+    async for ev in form.rest():
         check.feed(ev)
         kind = ev.kind
         if kind == "raw":
@@ -272,8 +311,7 @@ async def collect_files(form: Form, check: FileCheck) -> Collected:
     part: PartInfo | None = None
     late = _Fields()  # text parts after the first file (a spooled form already has them all)
     seen_file = False
-    form.consumed = True
-    async for ev in form.events:
+    async for ev in form.rest():
         check.feed(ev)
         seen_file = seen_file or (ev.kind == "part" and is_file(ev.part))
         if seen_file:

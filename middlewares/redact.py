@@ -1,0 +1,54 @@
+"""Configured secrets kept out of every error body and log line, whoever echoes them."""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+from imagegate.config.schema import Config
+
+MIN_SECRET_CHARS = 6  # shorter values would redact ordinary words
+MASK = "[redacted]"
+_registered: set[str] = set()
+_pattern: re.Pattern[str] | None = None
+
+
+def configured_secrets(config: Config) -> set[str]:
+    """Provider keys and headers (often credentials), client keys, the link-signing secret."""
+    found = {config.storage.signing_secret}
+    for provider in config.providers.values():
+        found.add(getattr(provider, "api_key", ""))
+        found.update(provider.headers.values())
+    found.update(k.key or "" for k in config.auth.keys)
+    return {s for s in found if len(s) >= MIN_SECRET_CHARS}
+
+
+def register(secrets: Iterable[str]) -> None:
+    """Adds to the process-wide set every log line and error body is scrubbed of."""
+    global _pattern
+    _registered.update(s for s in secrets if len(s) >= MIN_SECRET_CHARS)
+    if _registered:
+        ordered = sorted(_registered, key=len, reverse=True)  # longest first: no partial masks
+        _pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+
+def scrub(text: str) -> str:
+    return text if _pattern is None else _pattern.sub(MASK, text)
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub_value(v) for v in value]
+    return value
+
+
+def scrub_processor(logger: Any, method: str, event: MutableMapping[str, Any]
+                    ) -> MutableMapping[str, Any]:
+    """structlog processor: every string value of a log event, scrubbed."""
+    if _pattern is None:
+        return event
+    return {k: _scrub_value(v) for k, v in event.items()}

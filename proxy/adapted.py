@@ -1,0 +1,232 @@
+"""The adapted path (every provider but OpenAI): the request encoded per provider, `n` fanned out
+as concurrent calls (or offline renders), the answers normalised into OpenAI's shape."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import msgspec
+import structlog
+from aiohttp import web
+from imagegate.adapters.base import ImageRequest, ProviderResult, UpstreamRequest, UpstreamResponse
+from imagegate.config.api import ImagesResponse, Usage
+from imagegate.config.errors import GatewayError
+from imagegate.proxy import sse
+from imagegate.proxy.answer import Answer
+from imagegate.proxy.fallback import Unsuitable
+from imagegate.proxy.finish import json_response
+from imagegate.proxy.gateway import Gateway
+from imagegate.proxy.routing import RouteState
+from imagegate.proxy.upstream import ProviderState, Upstream
+
+log = structlog.get_logger("imagegate.adapted")
+
+
+@dataclass
+class Produced:
+    """A provider's images made into the client's answer."""
+
+    body: ImagesResponse
+    failed: int  # images asked for and not delivered
+    broken: bool = False  # an adapted answer is whole before it is sent
+
+    @property
+    def images(self) -> int:
+        return len(self.body.data)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.body.usage if isinstance(self.body.usage, Usage) else None
+
+
+def check_capabilities(state: ProviderState, req: ImageRequest) -> None:
+    caps, model = state.adapter.capabilities, req.model
+    if req.operation == "edit" and not caps.edit:
+        raise GatewayError("invalid_value", f"The model '{model}' does not support image "
+                           "editing.", param="image")
+    if req.operation == "generate" and not caps.generate:
+        raise GatewayError("invalid_value", f"The model '{model}' needs an input image.",
+                           param="image")
+    if req.mask is not None and not caps.mask:
+        raise GatewayError("invalid_value", f"The model '{model}' cannot apply a mask.",
+                           param="mask")
+    if len(req.images) > caps.max_input_images:
+        raise GatewayError("invalid_value", f"The model '{model}' takes at most "
+                           f"{caps.max_input_images} input images.", param="image")
+
+
+def split_n(n: int, per_call: int) -> list[int]:
+    full, rest = divmod(n, per_call)
+    return [per_call] * full + ([rest] if rest else [])
+
+
+def prepare(state: ProviderState, req: ImageRequest
+            ) -> tuple[list[UpstreamRequest], tuple[str, ...]]:
+    """Every provider request of the fan-out, built and checked before any is sent, and the
+    params named as dropped. What this route cannot honour makes it unsuitable."""
+    try:
+        check_capabilities(state, req)
+        adapter = state.adapter
+        encoded: list[UpstreamRequest] = []
+        if adapter.encode_request is not None:
+            encoded = [adapter.encode_request(msgspec.structs.replace(req, n=k))
+                       for k in split_n(req.n, adapter.capabilities.images_per_call)]
+    except GatewayError as error:
+        if error.code != "invalid_value":
+            raise
+        raise Unsuitable(error) from None
+    dropped = encoded[0].dropped if encoded else ()
+    if req.stream and req.partial_images:
+        dropped = (*dropped, "partial_images")  # one completed event per image, no partials
+    return encoded, (*dropped, *req.unknown)
+
+
+async def render(upstream: Upstream, state: ProviderState, req: ImageRequest,
+                 make: Callable[[ImageRequest], ProviderResult]) -> ProviderResult:
+    """An offline provider's attempt: capped, logged and counted like an HTTP one."""
+    async with upstream.slot(state, req.model, "render") as slot:  # failures: slot.failure
+        result = await asyncio.to_thread(make, req)
+        slot.status, slot.outcome = 200, "ok"
+        return result
+
+
+async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequest,
+                        encoded: list[UpstreamRequest]) -> tuple[list[ProviderResult], int]:
+    """The provider's answers to the fan-out, and how many images the failed calls would have
+    made (some calls failing does not sink the others)."""
+    adapter = state.adapter
+    if adapter.render is not None:
+        return [await render(upstream, state, req, adapter.render)], 0
+    decode = adapter.decode_response
+    assert decode is not None
+
+    async def exchange(up: UpstreamRequest, last: bool) -> ProviderResult | UpstreamRequest:
+        """One call's decoded answer, or the changed call the adapter asks to send instead."""
+        headers = {"Content-Type": up.content_type, **up.headers}
+        async with upstream.attempt(state.name, req.model, up.path, data=up.body,
+                                    headers=headers, method=up.method) as call:
+            resp = call.response
+            body = await resp.read()
+            received = UpstreamResponse(status=resp.status, body=body,
+                                        headers={k.lower(): v for k, v in resp.headers.items()},
+                                        received_at=int(time.time()))
+            again = None if last or adapter.retry is None else adapter.retry(req, received)
+            # decoded inside the attempt: its log line carries the provider's error message
+            return again if again is not None else decode(received)
+
+    async def one(up: UpstreamRequest) -> ProviderResult:
+        first = await exchange(up, last=False)
+        if isinstance(first, ProviderResult):
+            return first
+        done = await exchange(first, last=True)  # once (OpenRouter's image-only modalities)
+        assert isinstance(done, ProviderResult)
+        return done
+
+    outcomes = await asyncio.gather(*(one(up) for up in encoded), return_exceptions=True)
+    results = [o for o in outcomes if isinstance(o, ProviderResult)]
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    for error in errors:
+        if not isinstance(error, Exception):
+            raise error
+        if not isinstance(error, GatewayError):  # a bug, not a provider answer: keep the trace
+            log.error("provider_call_failed", exc_info=error)
+    if not results:
+        raise errors[0]
+    counts = split_n(req.n, adapter.capabilities.images_per_call)
+    lost = sum(counts[i] for i, o in enumerate(outcomes) if isinstance(o, BaseException))
+    return results, lost
+
+
+def sum_usage(results: Sequence[ProviderResult]) -> Usage | None:
+    usages = [r.usage for r in results if r.usage is not None]
+    if not usages:
+        return None
+    total = Usage()
+    for u in usages:
+        total.input_tokens += u.input_tokens
+        total.output_tokens += u.output_tokens
+        total.total_tokens += u.total_tokens
+        for name in ("input_tokens_details", "output_tokens_details"):
+            detail = getattr(u, name)
+            if detail is not msgspec.UNSET:
+                merged = getattr(total, name) or {}
+                merged = {} if merged is msgspec.UNSET else merged
+                for k, v in detail.items():
+                    merged[k] = merged.get(k, 0) + v
+                setattr(total, name, merged)
+        if u.generated_images is not msgspec.UNSET:
+            prev = 0 if total.generated_images is msgspec.UNSET else total.generated_images
+            total.generated_images = prev + u.generated_images
+    return total
+
+
+async def produce(gw: Gateway, request: web.Request, state: ProviderState, req: ImageRequest,
+                  encoded: list[UpstreamRequest]) -> Produced:
+    """Calls the provider, then normalises its images into the client's answer."""
+    results, lost = await call_provider(gw.upstream, state, req, encoded)
+    lost += sum(r.failed for r in results)
+    # a provider that answers more images than asked (an OpenRouter model replying with two)
+    # still gives the client exactly n
+    generated = [img for r in results for img in r.images][: req.n]
+    if not generated:
+        raise GatewayError("no_image", "The provider answered without an image.")
+    base = gw.base_url(request)
+    done = state.adapter.capabilities.formats
+    outcomes = await asyncio.gather(*(gw.finisher.image(img, req, base, done)
+                                      for img in generated), return_exceptions=True)
+    data = [o for o in outcomes if not isinstance(o, BaseException)]
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    for error in failures:
+        if not isinstance(error, Exception):
+            raise error  # cancellation
+    if not data:
+        raise failures[0]  # an image that failed to download does not sink the others
+    created = max(r.created for r in results) or int(time.time())
+    usage = sum_usage(results)
+    body = ImagesResponse(created=created, data=data,
+                          usage=usage if usage is not None else msgspec.UNSET)
+    return Produced(body, req.n - len(data))
+
+
+def parts(produced: Produced) -> tuple[ImagesResponse, int, dict[str, str]]:
+    return produced.body, produced.failed, {}
+
+
+def _dropped_header(dropped: tuple[str, ...]) -> dict[str, str]:
+    return {"x-imagegate-dropped-params": ",".join(dropped)} if dropped else {}
+
+
+async def answer(gw: Gateway, request: web.Request, route: RouteState, req: ImageRequest,
+                 answer_headers: Mapping[str, str]) -> Answer:
+    """One adapted route's answer: JSON, or (stream: true) keep-alives then one completed
+    event per image."""
+    state = gw.upstream.providers[route.provider]
+    encoded, dropped = prepare(state, req)
+    headers = {**_dropped_header(dropped), **answer_headers}
+    work = produce(gw, request, state, req, encoded)
+    if req.stream:
+        kind = "image_edit" if req.operation == "edit" else "image_generation"
+        streamed = await sse.stream_images(
+            request, work, parts, headers, kind, req, gw.config.server.stream_keepalive_s)
+        if streamed.result is None:
+            return Answer(streamed.response, 0)
+        return Answer(streamed.response, streamed.result.images, streamed.result.usage)
+    produced = await work
+    if produced.failed:
+        headers["x-imagegate-failed-images"] = str(produced.failed)
+    return Answer(json_response(produced.body, headers), produced.images, produced.usage)
+
+
+async def attempt_streamed(gw: Gateway, request: web.Request, route: RouteState,
+                           req: ImageRequest, headers: dict[str, str]) -> Produced:
+    """One attempt inside an event stream already begun (it falls back over adapted routes
+    only): `headers` are the stream's, still unsent while no byte has gone out."""
+    state = gw.upstream.providers[route.provider]
+    if state.adapter.native:
+        raise Unsuitable()  # an event stream already begun continues on adapted routes only
+    encoded, dropped = prepare(state, req)
+    headers.pop("x-imagegate-dropped-params", None)
+    headers.update(_dropped_header(dropped))
+    return await produce(gw, request, state, req, encoded)

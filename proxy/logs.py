@@ -1,0 +1,119 @@
+"""Logging: every logger (ours, aiohttp's, asyncio's) as one JSON line, repeats rate-limited."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, MutableMapping
+from typing import Any, BinaryIO
+
+import msgspec
+import structlog
+from imagegate.middlewares.redact import scrub_processor
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}
+MAX_LIBRARY_MESSAGE_CHARS = 300
+MAX_EXCEPTION_CHARS = 8000
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/=_-]{120,}")
+
+
+class RateLimiter:
+    """At most `burst` warning-or-worse lines per event name and window; the next line after a
+    window that dropped some says how many (`suppressed`). Access lines are never limited."""
+
+    def __init__(self, burst: int = 20, window_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst, self.window_s, self.clock = burst, window_s, clock
+        self._windows: dict[tuple[str, str], list[float]] = {}  # key -> [start, count, dropped]
+
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]
+                 ) -> MutableMapping[str, Any]:
+        if method not in ("warning", "error", "critical", "exception"):
+            return event
+        key = (str(event.get("event")), str(event.get("logger", "")))
+        now = self.clock()
+        window = self._windows.get(key)
+        if window is None or now - window[0] >= self.window_s:
+            dropped = int(window[2]) if window is not None else 0
+            self._windows[key] = [now, 1, 0]
+            if len(self._windows) > 1000:  # bounded whatever the events are
+                self._windows = {key: self._windows[key]}
+            if dropped:
+                event["suppressed"] = dropped
+            return event
+        window[1] += 1
+        if window[1] > self.burst:
+            window[2] += 1
+            raise structlog.DropEvent
+        return event
+
+
+def _bound_strings(logger: Any, method: str, event: MutableMapping[str, Any]
+                   ) -> MutableMapping[str, Any]:
+    """No base64 run (an image, a data URL, a key) in any line, and tracebacks bounded."""
+    for key, value in event.items():
+        if isinstance(value, str) and len(value) >= 120:
+            value = _BASE64_RUN.sub("[redacted]", value)
+            event[key] = value[:MAX_EXCEPTION_CHARS]
+    return event
+
+
+class _ToStructlog(logging.Handler):
+    """The stdlib bridge: aiohttp's and asyncio's records as our JSON lines. Their messages can
+    quote a client's bytes: bounded, and tracebacks kept to the exception's type."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's bad format string must not take the logger down
+            message = str(record.msg)
+        fields: dict[str, Any] = {"logger": record.name,
+                                  "message": message[:MAX_LIBRARY_MESSAGE_CHARS]}
+        if record.exc_info and record.exc_info[0] is not None:
+            fields["error"] = record.exc_info[0].__name__
+        logger = structlog.get_logger(record.name)
+        level = record.levelname.lower()
+        getattr(logger, level if level in LEVELS or level == "critical" else "info")(
+            "library_log", **fields)
+
+
+def configure_logging(level: str = "info", *, file: BinaryIO | None = None,
+                      cache: bool = True, limiter: RateLimiter | None = None,
+                      capture_warnings: bool = True) -> None:
+    """structlog once per process: JSON lines (bytes all the way), and the stdlib's loggers
+    sent through it."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            limiter or RateLimiter(),
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            scrub_processor,
+            _bound_strings,
+            structlog.processors.JSONRenderer(
+                serializer=lambda obj, default: msgspec.json.encode(obj, enc_hook=default)
+            ),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=structlog.BytesLoggerFactory(file),
+        cache_logger_on_first_use=cache,
+    )
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _ToStructlog):
+            root.removeHandler(handler)
+    root.addHandler(_ToStructlog())
+    root.setLevel(LEVELS[level])
+    logging.captureWarnings(capture_warnings)
+
+
+def unconfigure_logging() -> None:
+    """Tests: back to structlog's defaults, the stdlib bridge removed."""
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _ToStructlog):
+            root.removeHandler(handler)
+    logging.captureWarnings(False)

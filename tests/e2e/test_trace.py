@@ -1,0 +1,63 @@
+"""Answers and logs that say what happened: the request id both ways, the provider's words."""
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from structlog.testing import capture_logs
+
+from tests.conftest import make_config
+from tests.e2e.test_routing import two_upstreams
+from tests.upstreams import openai as openai_mock
+
+
+async def test_the_request_id_goes_upstream_and_the_upstream_id_is_logged(
+        aiohttp_server: Any, gateway: Any) -> None:
+    first, second, providers, models = await two_upstreams(aiohttp_server)
+    first.mode = "rate_limit"
+    client = await gateway(make_config(providers=providers, models=models))
+    with capture_logs() as logs:
+        resp = await client.post("/v1/images/generations", json={
+            "model": "gpt-image-1", "prompt": "p"}, headers={"x-request-id": "trace-me-42"})
+    assert resp.status == 200 and resp.headers["x-request-id"] == "trace-me-42"
+    assert first.last.headers["X-Client-Request-Id"] == "trace-me-42"  # OpenAI's header
+    assert second.last.headers["X-Client-Request-Id"] == "trace-me-42"
+    attempts = [e for e in logs if e["event"] == "upstream"]
+    assert [a["provider"] for a in attempts] == ["primary", "backup"]
+    failed, served = attempts
+    assert failed["upstream_request_id"] == first.ids[-1]
+    assert failed["outcome"] == "rate_limited" and failed["status"] == 429
+    assert failed["error_code"] == "upstream_rate_limited"
+    assert failed["error"] == "Rate limit exceeded for images per minute."
+    assert served["upstream_request_id"] == second.ids[-1] and "error" not in served
+
+
+async def test_the_logged_provider_message_is_scrubbed(aiohttp_server: Any,
+                                                       gateway: Any) -> None:
+    first, second, providers, models = await two_upstreams(aiohttp_server)
+    first.mode = "auth"  # OpenAI echoes the start of the key it refused
+    providers["primary"]["api_key"] = "sk-wrong-secret-value"
+    client = await gateway(make_config(providers=providers, models=models))
+    with capture_logs() as logs:
+        resp = await client.post("/v1/images/generations", json={
+            "model": "gpt-image-1", "prompt": "p"})
+    assert resp.status == 200
+    failed = next(e for e in logs if e["event"] == "upstream" and e["provider"] == "primary")
+    assert failed["error_code"] == "upstream_auth_failed"
+    assert failed["error"].startswith("Incorrect API key provided: [redacted]")
+    assert "sk-" not in repr(logs) and openai_mock.API_KEY not in repr(logs)
+
+
+async def test_local_renders_log_their_failure(gateway: Any) -> None:
+    client = await gateway()
+    image = openai_mock.png_bytes()  # no alpha channel: not a mask
+    form = aiohttp.FormData()
+    for name, value in (("model", "local"), ("prompt", "p")):
+        form.add_field(name, value)
+    form.add_field("image", image, filename="a.png", content_type="image/png")
+    form.add_field("mask", image, filename="m.png", content_type="image/png")
+    with capture_logs() as logs:
+        resp = await client.post("/v1/images/edits", data=form)
+    assert resp.status == 400
+    line = next(e for e in logs if e["event"] == "upstream")
+    assert line["error_code"] == "invalid_value" and "alpha channel" in line["error"]

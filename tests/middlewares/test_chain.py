@@ -1,0 +1,87 @@
+"""context, errors, auth and metrics, each alone on an inline app with a stub handler."""
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from imagegate.config.errors import GatewayError
+from imagegate.middlewares.auth import auth_middleware
+from imagegate.middlewares.context import context_middleware, set_request_id_header
+from imagegate.middlewares.errors import errors_middleware
+from imagegate.middlewares.keys import KEY_ID, REQUEST_ID
+from imagegate.middlewares.metrics import NONE, Metrics, metrics_middleware
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from tests.conftest import make_config
+
+
+def inline(*middlewares: Any, handler: Any) -> web.Application:
+    app = web.Application(middlewares=list(middlewares))
+    app.on_response_prepare.append(set_request_id_header)
+    app.router.add_get("/x", handler)
+    return app
+
+
+async def test_context_keeps_a_valid_request_id_and_logs_one_line(aiohttp_client: Any) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=request[REQUEST_ID])
+
+    client = await aiohttp_client(inline(context_middleware(), handler=handler))
+    with capture_logs() as logs:
+        resp = await client.get("/x", headers={"x-request-id": "abc.123"})
+        bad = await client.get("/x", headers={"x-request-id": "a b\tc"})
+    assert resp.headers["x-request-id"] == await resp.text() == "abc.123"
+    assert bad.headers["x-request-id"].startswith("req_")
+    lines = [entry for entry in logs if entry["event"] == "request"]
+    assert [(e["status"], e["path"]) for e in lines] == [(200, "/x"), (200, "/x")]
+
+
+async def test_errors_renders_gateway_errors_and_hides_bugs(aiohttp_client: Any) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        if request.query.get("bug"):
+            raise RuntimeError("secret internals")
+        raise GatewayError("model_not_found", "no such model", param="model")
+
+    client = await aiohttp_client(inline(errors_middleware(), handler=handler))
+    resp = await client.get("/x")
+    assert resp.status == 404 and (await resp.json())["error"] == {
+        "message": "no such model", "type": "invalid_request_error", "param": "model",
+        "code": "model_not_found"}
+    with capture_logs():
+        bug = await client.get("/x?bug=1")
+    body = await bug.text()
+    assert bug.status == 500 and "secret internals" not in body
+    assert (await bug.json())["error"]["type"] == "server_error"
+
+
+async def test_auth_admits_known_keys_only(aiohttp_client: Any) -> None:
+    config = make_config({"auth": {"keys": [{"id": "team-a", "key": "k-a"}]}})
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=request[KEY_ID])
+
+    client = await aiohttp_client(inline(errors_middleware(), auth_middleware(config.auth),
+                                         handler=handler))
+    ok = await client.get("/x", headers={"Authorization": "Bearer k-a"})
+    assert ok.status == 200 and await ok.text() == "team-a"
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic k-a"}):
+        resp = await client.get("/x", headers=headers)
+        assert resp.status == 401
+        assert (await resp.json())["error"]["code"] == "invalid_api_key"
+
+
+async def test_metrics_count_every_final_status(aiohttp_client: Any) -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+
+    async def handler(request: web.Request) -> web.Response:
+        raise GatewayError("invalid_value", "bad")
+
+    client = await aiohttp_client(inline(metrics_middleware(metrics), errors_middleware(),
+                                         handler=handler))
+    for _ in range(3):
+        assert (await client.get("/x")).status == 400
+    assert registry.get_sample_value("imagegate_requests_total", {
+        "endpoint": "/x", "model": NONE, "key": NONE, "status": "400"}) == 3
+    assert registry.get_sample_value("imagegate_in_flight_requests") == 0

@@ -1,0 +1,70 @@
+"""Every logger as one JSON line: aiohttp's and asyncio's too, repeats limited, no secrets."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+from imagegate.middlewares.redact import register
+from imagegate.proxy.logs import RateLimiter, configure_logging, unconfigure_logging
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def lines() -> Iterator[Any]:
+    out, clock = io.BytesIO(), Clock()
+    configure_logging("info", file=out, cache=False, limiter=RateLimiter(5, 10.0, clock),
+                      capture_warnings=False)
+
+    def read() -> list[dict[str, Any]]:
+        raw = out.getvalue().decode().splitlines()
+        return [json.loads(line) for line in raw]  # each line is one JSON object
+
+    read.clock = clock  # type: ignore[attr-defined]
+    yield read
+    unconfigure_logging()
+
+
+def test_library_tracebacks_are_one_json_line(lines: Any) -> None:
+    try:
+        raise ValueError("Forbidden control character in 'Bearer sk-client\x01key'")
+    except ValueError:
+        logging.getLogger("aiohttp.server").exception("Error handling request from %s", "1.2.3.4")
+    logging.getLogger("asyncio").error("socket.accept() out of system resource")
+    got = lines()
+    assert [(e["logger"], e["level"], e.get("error")) for e in got] == [
+        ("aiohttp.server", "error", "ValueError"), ("asyncio", "error", None)]
+    assert "sk-client" not in json.dumps(got)  # the exception's text (client bytes) is not kept
+
+
+def test_repeated_lines_are_rate_limited_with_a_count(lines: Any) -> None:
+    log = structlog.get_logger("t")
+    for _ in range(50):
+        log.warning("flood")
+        logging.getLogger("asyncio").error("socket.accept() out of system resource")
+    log.info("request")  # access lines are never limited
+    assert [e["event"] for e in lines()].count("flood") == 5
+    assert [e["event"] for e in lines()].count("library_log") == 5
+    lines.clock.now = 11.0
+    log.warning("flood")
+    assert lines()[-1]["suppressed"] == 45
+
+
+def test_configured_secrets_and_base64_never_reach_a_line(lines: Any) -> None:
+    register({"sk-configured-secret-42"})
+    log = structlog.get_logger("t")
+    log.info("x", detail="echoed sk-configured-secret-42 back", blob="QUJD" * 100)
+    text = json.dumps(lines())
+    assert "sk-configured-secret-42" not in text and "QUJDQUJD" not in text
+    assert "[redacted]" in text
