@@ -102,7 +102,7 @@ class Adapter:
     decode_response: Callable[[UpstreamResponse], ProviderResult] | None = None
     auth_headers: Callable[[str], dict[str, str]] = bearer
     render: Callable[[ImageRequest], ProviderResult] | None = None  # offline providers
-    native: bool = False  # OpenAI-native: forwarded as bytes, not encoded
+    passthrough: bool = False  # OpenAI-native: the request is forwarded as bytes, not encoded
     policy: Mapping[str, Policy] = field(default_factory=dict)
     # Given a call and its answer, a changed call to send once instead (e.g. OpenRouter's
     # image-only models asked for text too); None: the answer stands.

@@ -7,7 +7,7 @@ from typing import Final
 from imagegate.adapters.base import Adapter, Capabilities
 
 CAPABILITIES = Capabilities(generate=True, edit=True, mask=True, images_per_call=10)
-ADAPTER = Adapter(type="openai", capabilities=CAPABILITIES, native=True)
+ADAPTER = Adapter(type="openai", capabilities=CAPABILITIES, passthrough=True)
 # The GPT image models: gpt-image-1, -1-mini, -1.5, gpt-image-2, gpt-image-2-2026-04-21,
 # gpt-image-2.5-*, and chatgpt-image-latest. They answer base64 only and refuse
 # `response_format`, so the gateway keeps that field to itself and hosts `url` answers.

@@ -18,6 +18,7 @@ ERROR_CODES: Final[Mapping[str, tuple[int, str]]] = {
     "idempotency_key_reused": (422, INVALID),
     "unsupported_encoding": (415, INVALID),
     "rate_limit_exceeded": (429, "rate_limit_error"),
+    "budget_exceeded": (429, "insufficient_quota"),
     "content_policy_violation": (400, INVALID),
     "insufficient_quota": (402, "insufficient_quota"),
     "upstream_auth_failed": (502, UPSTREAM),

@@ -11,7 +11,8 @@ from typing import Any
 import msgspec
 import yaml
 from imagegate.config.api import ImageGenerateRequest
-from imagegate.config.schema import PROVIDER_TYPES, Config, ModelConfig, Provider
+from imagegate.config.prices import check_price
+from imagegate.config.schema import PROVIDER_TYPES, Config, Limits, ModelConfig, Provider
 
 EXAMPLES = Path(__file__).parent / "examples"
 DEFAULT_CONFIG = EXAMPLES / "default.yaml"
@@ -113,12 +114,35 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
 
 
 def _resolve_allowlists(config: Config) -> Config:
-    """Aliases in a key's `models:` mean their model: allowlists hold public names only."""
+    """Aliases in a key's `models:` (allowlist or per-model limits) mean their model: both
+    hold public names only."""
     public = {alias: name for name, m in config.models.items() for alias in (name, *m.aliases)}
     keys = [k if k.models is None else
             msgspec.structs.replace(k, models=list(dict.fromkeys(public[m] for m in k.models)))
             for k in config.auth.keys]
-    return msgspec.structs.replace(config, auth=msgspec.structs.replace(config.auth, keys=keys))
+    keys = [msgspec.structs.replace(k, limits=_public_limits(k.limits, public)) for k in keys]
+    auth = msgspec.structs.replace(
+        config.auth, keys=keys,
+        default_limits=_public_limits(config.auth.default_limits, public))
+    return msgspec.structs.replace(config, auth=auth)
+
+
+def _public_limits(limits: Limits | None, public: Mapping[str, str]) -> Limits | None:
+    if limits is None or not limits.models:
+        return limits
+    return msgspec.structs.replace(
+        limits, models={public[m]: v for m, v in limits.models.items()})
+
+
+def _check_limit_models(limits: Limits | None, where: str, names: Mapping[str, str]) -> None:
+    public: dict[str, str] = {}
+    for m in (limits.models if limits is not None else {}):
+        if m not in names:
+            raise ConfigError(f"{where}.models", f"unknown model {m!r}")
+        if names[m] in public:
+            raise ConfigError(f"{where}.models.{m}", f"{public[names[m]]!r} already names "
+                              f"{names[m]}")
+        public[names[m]] = m
 
 
 def _typed_defaults(name: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -142,6 +166,9 @@ def _cross_check(config: Config) -> None:
                 raise ConfigError(
                     f"models.{name}.routes[{i}].provider", f"unknown provider {route.provider!r}"
                 )
+            problem = route.price and check_price(route.price)
+            if problem:
+                raise ConfigError(f"models.{name}.routes[{i}].price", problem)
         for j, alias in enumerate([name, *model.aliases]):
             where = f"models.{name}" if j == 0 else f"models.{name}.aliases[{j - 1}]"
             if alias in seen_names:
@@ -168,6 +195,8 @@ def _cross_check(config: Config) -> None:
         for m in key.models or []:
             if m not in seen_names:
                 raise ConfigError(f"{where}.models", f"unknown model {m!r}")
+        _check_limit_models(key.limits, f"{where}.limits", seen_names)
+    _check_limit_models(config.auth.default_limits, "auth.default_limits", seen_names)
     for name, provider in config.providers.items():
         if getattr(provider, "api_key", None) == "":
             raise ConfigError(f"providers.{name}.api_key", "the key is empty")

@@ -32,10 +32,26 @@ class ServerConfig(Strict, frozen=True):
     admin_keys: list[Sha256Hex] = []  # key_sha256 of the keys that may read /status, /metrics
 
 
-class Limits(Strict, frozen=True):
-    requests_per_minute: Annotated[int, Meta(ge=1)] | None = None
-    images_per_minute: Annotated[int, Meta(ge=1)] | None = None
-    concurrent_requests: Annotated[int, Meta(ge=1)] | None = None
+Positive = Annotated[int, Meta(ge=1)]
+NonNegative = Annotated[float, Meta(ge=0)]
+
+
+class ModelLimits(Strict, frozen=True):
+    requests_per_minute: Positive | None = None
+    images_per_minute: Positive | None = None  # counts n at admission
+    concurrent_requests: Positive | None = None
+
+
+class Limits(ModelLimits, frozen=True):
+    models: dict[str, ModelLimits] = {}  # per public model, on top of the key's own
+
+
+class Budget(Strict, frozen=True):
+    """Spend caps over UTC calendar windows (a day from 00:00, a month from its 1st)."""
+
+    usd_per_day: NonNegative | None = None
+    usd_per_month: NonNegative | None = None
+    images_per_day: Annotated[int, Meta(ge=0)] | None = None
 
 
 class ApiKey(Strict, frozen=True):
@@ -43,7 +59,8 @@ class ApiKey(Strict, frozen=True):
     key: str | None = None
     key_sha256: str | None = None
     models: list[str] | None = None
-    limits: Limits = Limits()
+    limits: Limits | None = None  # None: auth.default_limits
+    budget: Budget | None = None
 
     def __repr__(self) -> str:
         return f"ApiKey(id={self.id!r}, key=***)"
@@ -51,12 +68,13 @@ class ApiKey(Strict, frozen=True):
 
 class AuthConfig(Strict, frozen=True):
     keys: list[ApiKey] = []
+    default_limits: Limits | None = None  # keys without limits; all callers of an open gateway
 
 
 class StateConfig(Strict, frozen=True):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    on_redis_error: Literal["open","closed"] = "open"
+    on_redis_error: Literal["open", "closed"] = "open"  # open: per-process limits; closed: 503
 
 
 class StorageConfig(Strict, frozen=True):
@@ -131,6 +149,21 @@ Provider = (
 PROVIDER_TYPES = ("openai", "ark", "openrouter", "gemini", "zai", "local")
 
 
+class TokenPrice(Strict, frozen=True):
+    """USD per million tokens, read from the provider's `usage`."""
+
+    input: NonNegative | None = None  # every input token, when text and image cost the same
+    input_text: NonNegative | None = None
+    input_image: NonNegative | None = None
+    output: NonNegative = 0.0
+
+
+class Price(Strict, frozen=True):
+    # flat, or keyed "SIZE/QUALITY", "SIZE", "*/QUALITY", "*" (the most specific match wins)
+    per_image: NonNegative | dict[str, NonNegative] | None = None
+    tokens: TokenPrice | None = None
+
+
 class Route(Strict, frozen=True):
     provider: str
     model: str | None = None  # defaults to the public model name
@@ -138,6 +171,7 @@ class Route(Strict, frozen=True):
     weight: Annotated[float, Meta(gt=0)] = 1.0
     watermark: bool = False  # Ark / Z.AI: ask for the provider's visible mark
     image_only: bool = False  # OpenRouter / Gemini: request only the image modality
+    price: Price | None = None  # USD; None: unpriced (unknown, never free)
 
 
 class ModelConfig(Strict, frozen=True):

@@ -9,7 +9,15 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
-from imagegate.middlewares.keys import IDEMPOTENCY, KEY_ID, MODEL, OUTCOME, PROMPT, REQUEST_ID
+from imagegate.middlewares.keys import (
+    COST,
+    IDEMPOTENCY,
+    KEY_ID,
+    MODEL,
+    OUTCOME,
+    PROMPT,
+    REQUEST_ID,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -66,6 +74,7 @@ def _access_line(
         model=request.get(MODEL),
         provider=outcome.provider if outcome is not None else None,
         images=outcome.images if outcome is not None else 0,
+        cost_usd=request.get(COST),  # null: unpriced route, or no answer
         bytes_in=request.content_length or 0,
         bytes_out=bytes_out,
         **extra,

@@ -57,4 +57,6 @@ MODEL = web.RequestKey("model", str)  # the public model name, once it is known 
 PROMPT = web.RequestKey("prompt", str)  # set only when server.log_prompts is true
 PARSED = web.RequestKey("parsed", ParsedRequest)  # images POSTs, by middlewares/parse.py
 OUTCOME = web.RequestKey("outcome", Outcome)  # images answers, by proxy/dispatch.py
+COST = web.RequestKey("cost_usd", float)  # the answer's cost, when its route has a price
+USAGE_HEADERS = web.RequestKey("usage_headers", dict)  # x-ratelimit-*, budget, cost headers
 IDEMPOTENCY = web.RequestKey("idempotency", str)  # first | replayed | coalesced, with a key

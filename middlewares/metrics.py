@@ -47,6 +47,10 @@ class Metrics:
                                registry=registry, multiprocess_mode=in_flight_mode)
         self.rate_limited = counter("rate_limited_total", "Requests refused by a key limit",
                                     ("key", "limit"))
+        self.cost = counter("cost_usd", "USD of delivered answers on priced routes",
+                            ("key", "model", "provider"))
+        self.unpriced = counter("unpriced_requests", "Answers from routes without a price "
+                                "(their cost is unknown)", ("model", "provider"))
         self.idempotent_replays = counter("idempotent_replays_total", "Stored answers "
                                           "replayed for an Idempotency-Key", ("key",))
         self.idempotent_coalesced = counter("idempotent_coalesced_total", "Duplicates that "

@@ -224,7 +224,7 @@ async def attempt_streamed(gw: Gateway, request: web.Request, route: RouteState,
     """One attempt inside an event stream already begun (it falls back over adapted routes
     only): `headers` are the stream's, still unsent while no byte has gone out."""
     state = gw.upstream.providers[route.provider]
-    if state.adapter.native:
+    if state.adapter.passthrough:
         raise Unsuitable()  # an event stream already begun continues on adapted routes only
     encoded, dropped = prepare(state, req)
     headers.pop("x-imagegate-dropped-params", None)

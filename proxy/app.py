@@ -14,8 +14,11 @@ from imagegate.middlewares.exactly_once import EXACTLY_ONCE, ExactlyOnce
 from imagegate.middlewares.headers import enforce_safe_headers
 from imagegate.middlewares.idempotency import idempotency_middleware
 from imagegate.middlewares.keys import CONFIG
+from imagegate.middlewares.limits import Limiter
 from imagegate.middlewares.metrics import Metrics, metrics_middleware
 from imagegate.middlewares.parse import parse_middleware
+from imagegate.middlewares.plans import policies
+from imagegate.middlewares.ratelimit import apply_usage_headers, ratelimit_middleware
 from imagegate.middlewares.redact import configured_secrets, register
 from imagegate.proxy import endpoints
 from imagegate.proxy.gateway import GATEWAY, Gateway
@@ -45,8 +48,10 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     # - parse (DESIGN's rewrite step) before the usage layers: rate limits count `n` and apply
     #   per-model overrides, and both are known only once the body's head is read and the
     #   model's aliases and defaults resolved; parse also checks the key's model allowlist;
-    # - idempotency and rate limits (when they exist) then sit between parse and the handler,
-    #   idempotency first, so a replayed answer consumes no limit.
+    # - idempotency and rate limits then sit between parse and the handler, idempotency
+    #   first, so a replayed answer consumes no limit; with no limit or budget configured the
+    #   usage layer only prices answers (no admission, no shared state).
+    limiter = Limiter(config.state, clock) if policies(config.auth) else None
     middlewares = [
         context_middleware(),
         metrics_middleware(metrics),
@@ -55,6 +60,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
         auth_middleware(config.auth, config.server.admin_keys),
         parse_middleware(config, gateway.models),
         idempotency_middleware(config, once),  # before rate limits: a replay uses none
+        ratelimit_middleware(config.auth, limiter, metrics),
     ]
     app = web.Application(middlewares=middlewares,
                           client_max_size=config.server.max_request_bytes)
@@ -62,9 +68,12 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app[GATEWAY] = gateway
     app[EXACTLY_ONCE] = once
     app.on_response_prepare.append(set_request_id_header)
+    app.on_response_prepare.append(apply_usage_headers)
     app.on_startup.append(_last_response_hook)
     app.cleanup_ctx.append(gateway.lifecycle)
     app.cleanup_ctx.append(once.lifecycle)  # after the gateway's: detached runs end first
+    if limiter is not None:  # after the detached runs too: they release their slots
+        app.cleanup_ctx.append(limiter.lifecycle)
     expect = expect_handler(config.server.max_request_bytes)
     for path in ("generations", "edits", "variations"):
         app.router.add_post(f"/v1/images/{path}", endpoints.images, expect_handler=expect)

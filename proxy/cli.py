@@ -64,11 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def print_routes(config: Any) -> None:
-    rows = [("MODEL", "PROVIDER", "TYPE", "UPSTREAM MODEL", "PRIORITY", "WEIGHT")]
+    rows = [("MODEL", "PROVIDER", "TYPE", "UPSTREAM MODEL", "PRIORITY", "WEIGHT", "PRICE")]
     for name, model in config.models.items():
         for r in model.routes:
             rows.append((name, r.provider, config.providers[r.provider].type, r.model or name,
-                         str(r.priority), f"{r.weight:g}"))
+                         str(r.priority), f"{r.weight:g}", price_text(r.price)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip())
@@ -76,13 +76,54 @@ def print_routes(config: Any) -> None:
     print(f"\n{len(config.models)} models, {len(config.providers)} providers, {keys} API keys"
           + ("" if keys else " (open gateway)"))
     limited = limited_keys(config)
-    if limited:
-        print(f"note: limits of {', '.join(limited)} are not enforced by this version")
+    if limited and config.state.backend == "memory":
+        print(f"note: state.backend is memory: the limits and budgets of {', '.join(limited)} "
+              "hold per process (with --workers N, each worker enforces them on its own)")
+    for warning in unpriced_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def price_text(price: Any) -> str:
+    if price is None:
+        return "unpriced"
+    if price.tokens is not None:
+        return "tokens"
+    if isinstance(price.per_image, dict):
+        return "per-image table"
+    return f"${price.per_image:g}/image"
+
+
+def unpriced_warnings(config: Any) -> list[str]:
+    """Each unpriced route a key with a USD budget can reach: its spend would go uncounted."""
+    out = []
+    for key in config.auth.keys:
+        budget = key.budget
+        if budget is None or (budget.usd_per_day is None and budget.usd_per_month is None):
+            continue
+        for name, model in config.models.items():
+            if key.models is not None and name not in key.models:
+                continue
+            for i, r in enumerate(model.routes):
+                if r.price is None:
+                    out.append(f"models.{name}.routes[{i}] ({r.provider}) has no price: the "
+                               f"USD budget of key '{key.id}' cannot count what it spends there")
+    return out
 
 
 def limited_keys(config: Any) -> list[str]:
-    return [k.id for k in config.auth.keys
-            if any(v is not None for v in msgspec.structs.astuple(k.limits))]
+    """Key ids with limits or a budget (`anonymous`: an open gateway's default_limits)."""
+    from imagegate.middlewares.plans import policies
+
+    return list(policies(config.auth))
+
+
+def per_worker_warning(config: Any, workers: int) -> str | None:
+    """Limits kept in memory are never silently multiplied by the worker count: it is said."""
+    if workers <= 1 or config.state.backend != "memory" or not limited_keys(config):
+        return None
+    return (f"state.backend is memory: each of the {workers} workers enforces the limits and "
+            f"budgets on its own, so together they admit up to {workers} times each limit; "
+            "use state.backend: redis to share them")
 
 
 def serve(config: Any, args: argparse.Namespace) -> int:
@@ -113,6 +154,9 @@ def supervise(config: Any, count: int) -> int:
     so, for the process supervisor (systemd, Kubernetes) to restart the gateway."""
     configure_logging(config.server.log_level)
     log = structlog.get_logger("imagegate")
+    detail = per_worker_warning(config, count)
+    if detail:
+        log.warning("limits_per_worker", workers=count, keys=limited_keys(config), detail=detail)
     ctx = multiprocessing.get_context("spawn")
     workers = [ctx.Process(target=run_worker, args=(config, True)) for _ in range(count)]
     for w in workers:
@@ -151,9 +195,6 @@ def run_worker(config: Any, multiprocess: bool) -> None:
     app = create_app(config, multiprocess=multiprocess)
     log.info("starting", host=config.server.host, port=config.server.port, pid=os.getpid(),
              models=len(config.models))
-    if limited_keys(config):
-        log.warning("limits_not_enforced", keys=limited_keys(config),
-                    detail="auth.keys[].limits are accepted but not enforced by this version")
     from imagegate.proxy.server import run
 
     run(app, config.server, reuse_port=multiprocess)

@@ -18,14 +18,14 @@ async def dispatch(gw: Gateway, job: Job) -> web.StreamResponse:
     """Routes one job: OpenAI routes forward, others adapt. A stream whose first route is
     adapted keeps falling back over adapted routes while keep-alives flow."""
     plan = gw.router.plan(job.public_model)
-    if job.stream and not gw.upstream.providers[plan[0].provider].adapter.native:
+    if job.stream and not gw.upstream.providers[plan[0].provider].adapter.passthrough:
         return await _stream_adapted(gw, job, plan)
 
     tries = 0
 
     async def attempt(route: RouteState) -> Answer:
         nonlocal tries
-        if gw.upstream.providers[route.provider].adapter.native:
+        if gw.upstream.providers[route.provider].adapter.passthrough:
             tries += 1
             return await job.forward(route, answered_by(route, tries))
         req = await job.adapt(route)

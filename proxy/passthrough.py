@@ -67,6 +67,63 @@ def usage_of(body: bytes) -> Usage | None:
         return None
 
 
+IMAGE_KEYS = (b'"b64_json"', b'"url"')
+
+
+def images_in(body: bytes) -> int:
+    """Images of an OpenAI answer body, without decoding its base64 (a quote inside a string
+    is escaped, so these match only as keys)."""
+    return sum(body.count(k) for k in IMAGE_KEYS)
+
+
+def add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
+    if more is None or total is None:
+        return total or more
+    details: dict[str, int] = {}
+    for part in (total.input_tokens_details, more.input_tokens_details):
+        for kind, value in (part if isinstance(part, dict) else {}).items():
+            details[kind] = details.get(kind, 0) + value
+    summed = Usage(input_tokens=total.input_tokens + more.input_tokens,
+                   output_tokens=total.output_tokens + more.output_tokens,
+                   total_tokens=total.total_tokens + more.total_tokens)
+    if details:  # else Usage's zeros: OpenAI's schema requires the field
+        summed.input_tokens_details = details
+    return summed
+
+
+class Tally:
+    """The images and tokens of an answer relayed chunk by chunk: a body's image keys and its
+    closing `usage`, or each completed event and its `usage` (a stream's usages add up). Only
+    a bounded tail is kept: `usage` closes the body and each event."""
+
+    TAIL, HEAD = 4096, 64
+
+    def __init__(self, events: bool) -> None:
+        self.events, self.head, self.tail = events, b"", b""
+        self.images = 0
+        self.usage: Usage | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if not self.events:  # a key split across two chunks is counted once, in the second
+            self.images += sum((self.tail[1 - len(k):] + chunk).count(k) for k in IMAGE_KEYS)
+            self.tail = (self.tail + chunk)[-self.TAIL:]
+            return
+        pieces = (self.tail + chunk).split(b"\n\n")
+        for i, piece in enumerate(pieces):
+            head = self.head if i == 0 and self.head else piece[:self.HEAD]
+            if i < len(pieces) - 1:  # an event that ended
+                if head.lstrip().startswith(COMPLETED):
+                    self.images += 1
+                    self.usage = add_usage(self.usage, usage_of(piece))
+            elif len(piece) > self.TAIL:  # the event still coming: its type and its end kept
+                self.head, self.tail = head, piece[-self.TAIL:]
+            else:
+                self.head, self.tail = b"", piece
+
+    def finish(self) -> Usage | None:
+        return self.usage if self.events else usage_of(self.tail)
+
+
 def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
     """The provider's headers worth relaying, each checked (a `Retry-After: 1\x01` is not
     written raw: aiohttp would refuse it and the client would get an empty reply)."""
@@ -116,9 +173,9 @@ async def _provider_message(resp: aiohttp.ClientResponse) -> str | None:
 
 
 async def relay(request: web.Request, call: Call, provider: str, *, stream: bool,
-                answer_headers: Mapping[str, str]) -> tuple[web.StreamResponse, int]:
-    """The upstream's answer as it is, and the count of final image events it streamed. An
-    answer that breaks after it began reaching the client marks the call broken."""
+                answer_headers: Mapping[str, str]) -> tuple[web.StreamResponse, Tally | None]:
+    """The upstream's answer as it is, and (relayed in chunks) what it held. An answer that
+    breaks after it began reaching the client marks the call broken."""
     resp = call.response
     await raise_for_upstream(resp, provider)
     headers = _headers(resp)
@@ -129,15 +186,15 @@ async def relay(request: web.Request, call: Call, provider: str, *, stream: bool
     length = resp.content_length
     events = ctype.startswith("text/event-stream")
     if not stream and not events and length is not None and length <= RELAY_WHOLE_BYTES:
-        return web.Response(status=resp.status, body=await resp.read(), headers=headers), 0
+        return web.Response(status=resp.status, body=await resp.read(), headers=headers), None
     out = web.StreamResponse(status=resp.status, headers=headers)
     if length is not None and not events:
         out.content_length = length
     await out.prepare(request)
-    completed = 0
+    tally = Tally(events)
     try:
         async for chunk in resp.content.iter_any():  # events go out as they arrive
-            completed += chunk.count(COMPLETED[0]) + chunk.count(COMPLETED[1])
+            tally.feed(chunk)
             await out.write(chunk)
     except (aiohttp.ClientError, TimeoutError) as exc:
         # the answer has begun: it cannot be retried or turned into an error status
@@ -148,9 +205,9 @@ async def relay(request: web.Request, call: Call, provider: str, *, stream: bool
         elif request.transport is not None:  # a truncated body must not look whole
             request.transport.close()
         call.broken = True
-        return out, completed
+        return out, tally
     await out.write_eof()
-    return out, completed
+    return out, tally
 
 
 async def _raise_relayed_error(resp: aiohttp.ClientResponse, headers: dict[str, str]) -> None:
@@ -164,16 +221,19 @@ async def _raise_relayed_error(resp: aiohttp.ClientResponse, headers: dict[str, 
                        headers={k: v for k, v in headers.items() if k == "retry-after"})
 
 
-def _answer(response: web.StreamResponse, completed: int, n: int | None,
-            broken: bool) -> Answer:
-    """Images and tokens of an OpenAI answer, counted from the answer itself: the completed
-    events of a stream, else the request's n; tokens from the tail of a body read whole."""
-    if response.status != 200 or broken:  # a broken answer delivered no whole image
+def _answer(response: web.StreamResponse, tally: Tally | None, broken: bool) -> Answer:
+    """Images and tokens of an OpenAI answer, counted from the answer itself (never from the
+    request's n): its image keys and `usage`, or a stream's completed events and theirs."""
+    if response.status != 200:
         return Answer(response, 0, None, broken)
+    if tally is not None:  # a broken stream delivered its completed events; a body, nothing
+        if broken and not tally.events:
+            return Answer(response, 0, None, broken)
+        return Answer(response, tally.images, tally.finish(), broken)
     body = response.body if isinstance(response, web.Response) else None
-    usage = usage_of(body) if isinstance(body, bytes) else None
-    images = completed if response.prepared and completed else n or 1
-    return Answer(response, images, usage, broken)
+    if not isinstance(body, bytes):
+        return Answer(response, 0, None, broken)
+    return Answer(response, images_in(body), usage_of(body), broken)
 
 
 async def send(gw: Gateway, request: web.Request, route: RouteState, path: str, data: Any,
@@ -188,12 +248,12 @@ async def send(gw: Gateway, request: web.Request, route: RouteState, path: str, 
                 and not stream:
             raw = await call.response.read()
             response: web.StreamResponse = await host_images(gw, request, raw, answer_headers)
-            completed = 0
+            tally = None
         else:
-            response, completed = await relay(request, call, route.provider, stream=stream,
-                                              answer_headers=answer_headers)
+            response, tally = await relay(request, call, route.provider, stream=stream,
+                                          answer_headers=answer_headers)
         broken = call.broken
-    return _answer(response, completed, fields.n, broken)
+    return _answer(response, tally, broken)
 
 
 async def host_images(gw: Gateway, request: web.Request, raw: bytes,

@@ -5,6 +5,7 @@ import hashlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from imagegate.config.loader import ConfigError, load_config, parse_config
@@ -140,9 +141,70 @@ def test_designs_unquoted_vars_in_flow_mappings_load(tmp_path: Path,
     assert config.models["m"].routes[0].model == "gpt-image-1"
 
 
-def test_check_config_says_limits_are_not_enforced(capsys: pytest.CaptureFixture[str],
-                                                   tmp_path: Path) -> None:
+def test_check_config_says_memory_limits_hold_per_process(capsys: pytest.CaptureFixture[str],
+                                                          tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("auth: {keys: [{id: a, key: k, limits: {requests_per_minute: 5}}]}\n")
     assert main(["check-config", str(path)]) == 0
-    assert "limits of a are not enforced" in capsys.readouterr().out
+    assert "limits and budgets of a hold per process" in capsys.readouterr().out
+
+
+def test_check_config_warns_of_unpriced_routes_a_budget_reaches(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "auth: {keys: [{id: a, key: k, budget: {usd_per_day: 5}},\n"
+        "              {id: b, key: k2, models: [priced], budget: {usd_per_day: 5}}]}\n"
+        "providers: {local: {type: local}}\n"
+        "models:\n"
+        "  priced: {routes: [{provider: local, price: {per_image: 0.04}}]}\n"
+        "  free: {routes: [{provider: local}]}\n")
+    assert main(["check-config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "$0.04/image" in out and "unpriced" in out
+    assert err.splitlines() == ["warning: models.free.routes[0] (local) has no price: the USD "
+                                "budget of key 'a' cannot count what it spends there"]
+
+
+@pytest.mark.parametrize(("price", "problem"), [
+    ({}, "exactly one of per_image or tokens"),
+    ({"per_image": 0.1, "tokens": {"output": 1}}, "exactly one of per_image or tokens"),
+    ({"per_image": {"1024x1024/ultra": 0.1}}, "unknown quality 'ultra'"),
+    ({"per_image": {"a b": 0.1}}, "expected SIZE/QUALITY"),
+    ({"per_image": -1}, "Expected `float` >= 0"),
+    ({"tokens": {"input": 1, "input_text": 2}}, "not both"),
+])
+def test_bad_prices_are_errors_with_their_path(price: dict[str, Any], problem: str) -> None:
+    data = {"providers": {"local": {"type": "local"}},
+            "models": {"m": {"routes": [{"provider": "local", "price": price}]}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, env={})
+    assert caught.value.path.startswith("models.m.routes[0].price")
+    assert problem in caught.value.message
+
+
+def test_limit_overrides_name_known_models_and_aliases_resolve() -> None:
+    base: dict[str, Any] = {"providers": {"local": {"type": "local"}},
+                            "models": {"m": {"aliases": ["mm"], "routes": [{"provider": "local"}]}}}
+    config = parse_config({**base, "auth": {"default_limits": {
+        "models": {"mm": {"images_per_minute": 2}}}}}, env={})
+    assert config.auth.default_limits is not None
+    assert list(config.auth.default_limits.models) == ["m"]
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**base, "auth": {"keys": [{"id": "a", "key": "k", "limits": {
+            "models": {"nope": {"images_per_minute": 2}}}}]}}, env={})
+    assert caught.value.path == "auth.keys[0].limits.models"
+
+
+def test_workers_without_redis_say_limits_are_per_worker() -> None:
+    from imagegate.proxy.cli import per_worker_warning
+
+    limited = parse_config({"auth": {"keys": [{"id": "a", "key": "k", "budget": {
+        "images_per_day": 5}}]}}, env={})
+    warning = per_worker_warning(limited, 4)
+    assert warning is not None and "up to 4 times each limit" in warning
+    assert per_worker_warning(limited, 1) is None
+    assert per_worker_warning(parse_config({}, env={}), 4) is None
+    shared = parse_config({"auth": {"default_limits": {"requests_per_minute": 5}},
+                           "state": {"backend": "redis"}}, env={})
+    assert per_worker_warning(shared, 4) is None

@@ -205,7 +205,8 @@ async def test_two_gateways_share_answers_through_redis(start: Any, openai_upstr
         running = asyncio.create_task(generate(one, value="order-44"))
         await upstream_calls(recorder, 2)
         waiting = asyncio.create_task(generate(two, value="order-44"))
-        await asyncio.sleep(0.3)  # the second gateway polls the shared ledger meanwhile
+        while not two.app[EXACTLY_ONCE].changed:  # the second gateway polls the shared ledger
+            await asyncio.sleep(0.01)
         recorder.gate.set()
         (_, a), (headers, b) = await running, await waiting
         assert len(recorder.requests) == 2 and a.model_dump() == b.model_dump()
@@ -375,3 +376,34 @@ async def test_with_redis_down_keys_follow_on_redis_error(start: Any, on_error: 
     resp = await client.post("/v1/images/generations", json=PROMPT,
                              headers={HEADER: "order-42"})
     assert resp.status == status
+
+
+async def test_a_running_request_renews_its_lease(start: Any, openai_upstream: Any,
+                                                  tmp_path: Any) -> None:
+    recorder, _ = openai_upstream
+    recorder.gate = asyncio.Event()
+    clock = Clock()
+    with redis_server(tmp_path) as url:
+        overrides = {**redis_overrides(url), "idempotency": {"lease_s": 1}}
+        one = await start(overrides, clock=clock)
+        two = await start(overrides, clock=clock)
+        running = asyncio.create_task(generate(one))
+        await upstream_calls(recorder, 1)
+        ledger = one.app[EXACTLY_ONCE].ledger
+        scope = "imagegate:idem:" + scope_of("anonymous", "generations", "order-42")
+        first = json.loads(await ledger.client.get(scope))["lease_until"]
+        clock.now += 0.9
+
+        async def renewed() -> None:  # the holder's heartbeat, every lease_s / 3
+            while json.loads(await ledger.client.get(scope))["lease_until"] == first:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(renewed(), 3)
+        clock.now += 0.6  # past the first lease, within the renewed one
+        waiting = asyncio.create_task(generate(two))
+        while not two.app[EXACTLY_ONCE].changed:  # it found the key held, and waits
+            await asyncio.sleep(0.01)
+        recorder.gate.set()
+        (_, a), (headers, b) = await running, await waiting
+        assert len(recorder.requests) == 1 and headers["idempotent-replayed"] == "true"
+        assert a.model_dump() == b.model_dump()

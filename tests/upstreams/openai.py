@@ -49,6 +49,7 @@ class Recorder:
     requests: list[Received] = field(default_factory=list)
     mode: str = "ok"  # ok | url | policy | auth | rate_limit | quota | server_error | unavailable
     delay_s: float = 0.0
+    stream_gap_s: float = 0.01  # between the events of a stream
     gate: asyncio.Event | None = None  # set: answers wait until it is set (a slow provider)
     retry_after: str = "7"  # on rate_limit and unavailable
     ids: list[str] = field(default_factory=list)  # the x-request-id of every answer, in order
@@ -171,6 +172,6 @@ async def _stream(request: web.Request, recorder: Recorder) -> web.StreamRespons
     for event in events:
         frame = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
         await resp.write(frame.encode())
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(recorder.stream_gap_s)
     await resp.write_eof()
     return resp
