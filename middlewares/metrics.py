@@ -61,6 +61,13 @@ class Metrics:
                                         "being made (max_concurrency caps them per process)",
                                         ("provider",), registry=registry,
                                         multiprocess_mode=in_flight_mode)
+        # a key's budgets as of its last answer (workers share them through Redis: the latest)
+        self.budget_limit = Gauge("imagegate_budget_limit", "A key's budget (USD or images) "
+                                  "per its calendar window", ("key", "budget"), registry=registry,
+                                  multiprocess_mode="max")
+        self.budget_remaining = Gauge("imagegate_budget_remaining", "What is left of a key's "
+                                      "budget as of its last answer", ("key", "budget"),
+                                      registry=registry, multiprocess_mode="mostrecent")
         self.route_healthy = Gauge("imagegate_route_healthy", "1 when the route is not resting",
                                    ("provider", "model"), registry=registry,
                                    multiprocess_mode=health_mode)
@@ -73,6 +80,11 @@ class Metrics:
         if found is None:
             found = self._children[key] = family.labels(*labels)
         return found
+
+    def forget(self, family: Any, *labels: str) -> None:
+        """Drops a series whose labels no longer name anything configured."""
+        if self._children.pop((id(family), *labels), None) is not None:
+            family.remove(*labels)
 
     def observe_request(self, endpoint: str, model: str, key: str, status: int,
                         seconds: float) -> None:

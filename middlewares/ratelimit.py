@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from imagegate.config.errors import GatewayError
-from imagegate.config.prices import answer_cost, usd_text
+from imagegate.config.prices import MICRO, answer_cost, usd_text
 from imagegate.config.schema import AuthConfig
 from imagegate.middlewares.keys import COST, KEY_ID, OUTCOME, PARSED, USAGE_HEADERS
 from imagegate.middlewares.limits import Cap, Decision, Limiter, Slot, Window
@@ -64,6 +64,7 @@ async def _admitted(request: web.Request, handler: Handler, policy: Policy, limi
     decision = await limiter.admit(plan)
     headers = request[USAGE_HEADERS] = usage_headers(decision)  # on every answer, errors too
     if decision.refused is not None:
+        record_budget(metrics, policy.key_id, decision.plan.caps, decision.spent)
         refused = decision.refused
         metrics.child(metrics.rate_limited, policy.key_id, refused.name.rsplit(".", 1)[-1]).inc()
         code = "budget_exceeded" if isinstance(refused, Cap) else "rate_limit_exceeded"
@@ -76,12 +77,22 @@ async def _admitted(request: web.Request, handler: Handler, policy: Policy, limi
         outcome = request.get(OUTCOME)
         deltas = settle_deltas(plan, cost, outcome.images if outcome is not None else 0)
         await limiter.finish(decision, deltas)
-    if not response.prepared:  # a streamed answer went out with the admission's figures
         spent = [v + d for v, d in zip(decision.spent, deltas, strict=True)]
+        record_budget(metrics, policy.key_id, decision.plan.caps, spent)
+    if not response.prepared:  # a streamed answer went out with the admission's figures
         headers.update(usage_headers(decision, spent))
         if cost is not None:
             headers["x-imagegate-cost-usd"] = usd_text(cost)
     return response
+
+
+def record_budget(metrics: Metrics, key_id: str, caps: list[Cap], spent: list[int]) -> None:
+    """What is left of each budget (USD or images) as of this answer, for /status and alerts."""
+    for cap, value in zip(caps, spent, strict=True):
+        scale = 1 if cap.name == "images_per_day" else MICRO
+        metrics.child(metrics.budget_limit, key_id, cap.name).set(cap.limit / scale)
+        metrics.child(metrics.budget_remaining, key_id, cap.name).set(
+            max(0, cap.limit - value) / scale)
 
 
 def record_cost(request: web.Request, metrics: Metrics) -> float | None:

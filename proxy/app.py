@@ -21,7 +21,9 @@ from imagegate.middlewares.plans import policies
 from imagegate.middlewares.ratelimit import apply_usage_headers, ratelimit_middleware
 from imagegate.middlewares.redact import configured_secrets, register
 from imagegate.proxy import endpoints
+from imagegate.proxy.drain import DRAIN, Drain
 from imagegate.proxy.gateway import GATEWAY, Gateway
+from imagegate.proxy.reload import GENERATIONS, Generations, Middleware
 from imagegate.proxy.routing import Router
 from imagegate.proxy.status import StatusBoard
 from imagegate.proxy.status_page import status_routes
@@ -50,30 +52,45 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     #   model's aliases and defaults resolved; parse also checks the key's model allowlist;
     # - idempotency and rate limits then sit between parse and the handler, idempotency
     #   first, so a replayed answer consumes no limit; with no limit or budget configured the
-    #   usage layer only prices answers (no admission, no shared state).
-    limiter = Limiter(config.state, clock) if policies(config.auth) else None
+    #   usage layer only prices answers (no admission, no shared state);
+    # - drain refuses new requests once SIGTERM came; the generation middleware then runs the
+    #   config-dependent rest of the chain (auth to rate limits) as built from the config the
+    #   request started on. The limiter and the idempotency ledger live as long as the app, so
+    #   a reload keeps the limits' counters and the keys' answers.
+    limiter = Limiter(config.state, clock)
+
+    def config_middlewares(config: Config, gateway: Gateway) -> list[Middleware]:
+        return [
+            auth_middleware(config.auth, config.server.admin_keys),
+            parse_middleware(config, gateway.models),
+            idempotency_middleware(config, once),  # before rate limits: a replay uses none
+            ratelimit_middleware(config.auth, limiter if policies(config.auth) else None,
+                                 metrics),
+        ]
+
+    generations = Generations(gateway, config_middlewares)
+    drain = Drain()
     middlewares = [
         context_middleware(),
         metrics_middleware(metrics),
         errors_middleware(),  # inside context/metrics: they see every final status
+        drain.middleware(),
         body_middleware(config.server.max_request_bytes),  # 413 / 415 before any body is read
-        auth_middleware(config.auth, config.server.admin_keys),
-        parse_middleware(config, gateway.models),
-        idempotency_middleware(config, once),  # before rate limits: a replay uses none
-        ratelimit_middleware(config.auth, limiter, metrics),
+        generations.middleware(),  # then config_middlewares() of the request's generation
     ]
     app = web.Application(middlewares=middlewares,
                           client_max_size=config.server.max_request_bytes)
     app[CONFIG] = config
     app[GATEWAY] = gateway
+    app[GENERATIONS] = generations
+    app[DRAIN] = drain
     app[EXACTLY_ONCE] = once
     app.on_response_prepare.append(set_request_id_header)
     app.on_response_prepare.append(apply_usage_headers)
     app.on_startup.append(_last_response_hook)
     app.cleanup_ctx.append(gateway.lifecycle)
     app.cleanup_ctx.append(once.lifecycle)  # after the gateway's: detached runs end first
-    if limiter is not None:  # after the detached runs too: they release their slots
-        app.cleanup_ctx.append(limiter.lifecycle)
+    app.cleanup_ctx.append(limiter.lifecycle)  # after the detached runs: they release slots
     expect = expect_handler(config.server.max_request_bytes)
     for path in ("generations", "edits", "variations"):
         app.router.add_post(f"/v1/images/{path}", endpoints.images, expect_handler=expect)
@@ -82,7 +99,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app.router.add_get("/v1/images/files/{name}", endpoints.hosted_file, expect_handler=expect)
     exposed = _exposed_registry(metrics, multiprocess)
     app.router.add_get("/metrics", make_aiohttp_handler(exposed), expect_handler=expect)
-    board = StatusBoard(lambda: gateway, exposed, workers=workers)
+    board = StatusBoard(lambda: generations.current.gateway, exposed, workers=workers)
     app.cleanup_ctx.append(board.run)
     for route in status_routes(board):
         app.router.add_route(route.method, route.path, route.handler, expect_handler=expect)

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print_routes(config)
         return 0
-    return serve(config, args)
+    return serve(config, args, path)
 
 
 def print_routes(config: Any) -> None:
@@ -126,15 +126,20 @@ def per_worker_warning(config: Any, workers: int) -> str | None:
             "use state.backend: redis to share them")
 
 
-def serve(config: Any, args: argparse.Namespace) -> int:
+def with_flags(config: Any, args: argparse.Namespace) -> Any:
+    """The config with --host and --port applied (on start and on every reload)."""
     server = msgspec.structs.replace(
         config.server,
         host=args.host or config.server.host,
         port=config.server.port if args.port is None else args.port,
     )
-    config = msgspec.structs.replace(config, server=server)
+    return msgspec.structs.replace(config, server=server)
+
+
+def serve(config: Any, args: argparse.Namespace, path: str | None = None) -> int:
+    config = with_flags(config, args)
     if args.workers <= 1:
-        run_worker(config, multiprocess=False)
+        run_worker(config, False, path, args)
         return 0
     if not config.storage.signing_secret:  # one secret for all workers: any of them serves a link
         storage = msgspec.structs.replace(config.storage, signing_secret=secrets.token_hex(32))
@@ -143,13 +148,14 @@ def serve(config: Any, args: argparse.Namespace) -> int:
     if own_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="imagegate-prom-")
     try:
-        return supervise(config, args.workers)
+        return supervise(config, args.workers, path, args)
     finally:
         if own_dir:
             shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
-def supervise(config: Any, count: int) -> int:
+def supervise(config: Any, count: int, path: str | None = None,
+              args: argparse.Namespace | None = None) -> int:
     """Runs the workers; if one dies on its own the others are stopped and the exit code says
     so, for the process supervisor (systemd, Kubernetes) to restart the gateway."""
     configure_logging(config.server.log_level)
@@ -158,7 +164,8 @@ def supervise(config: Any, count: int) -> int:
     if detail:
         log.warning("limits_per_worker", workers=count, keys=limited_keys(config), detail=detail)
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=run_worker, args=(config, True)) for _ in range(count)]
+    workers = [ctx.Process(target=run_worker, args=(config, True, path, args))
+               for _ in range(count)]
     for w in workers:
         w.start()
     stopping = crashed = False
@@ -170,8 +177,17 @@ def supervise(config: Any, count: int) -> int:
             if w.is_alive():
                 w.terminate()
 
+    def reload_workers(signum: int, frame: Any) -> None:
+        """Checked once here (one `config_reload_failed` line), then every worker reloads."""
+        if read_config(path, log) is None:
+            return
+        for w in workers:
+            if w.is_alive() and w.pid is not None:
+                os.kill(w.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop_workers)
     signal.signal(signal.SIGINT, stop_workers)
+    signal.signal(signal.SIGHUP, reload_workers)
     while True:
         alive = [w for w in workers if w.is_alive()]  # is_alive() reaps: read it once a turn
         if not alive:
@@ -187,14 +203,47 @@ def supervise(config: Any, count: int) -> int:
     return 1 if crashed else 0
 
 
-def run_worker(config: Any, multiprocess: bool) -> None:
-    from imagegate.proxy.app import create_app
+def read_config(path: str | None, log: Any) -> Any:
+    """The config file as it is now, or None (logged with the error's path) when invalid."""
+    from imagegate.config.loader import ConfigError, load_config
 
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        log.error("config_reload_failed", error=str(exc), path=exc.path,
+                  detail="the config loaded before keeps serving")
+    except OSError as exc:
+        log.error("config_reload_failed", error=f"cannot read the config: {exc.strerror}",
+                  path="", detail="the config loaded before keeps serving")
+    return None
+
+
+def run_worker(config: Any, multiprocess: bool, path: str | None = None,
+               args: argparse.Namespace | None = None) -> None:
+    from imagegate.proxy.app import create_app
+    from imagegate.proxy.reload import GENERATIONS
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's reload handler is in place
     configure_logging(config.server.log_level)
     log = structlog.get_logger("imagegate")
-    app = create_app(config, multiprocess=multiprocess)
+    app = create_app(config, multiprocess=multiprocess, workers=args.workers if args else 1)
+    generations = app[GENERATIONS]
+
+    def reload() -> None:
+        log.info("config_reload_requested", pid=os.getpid())
+        new = read_config(path, log)
+        if new is None:
+            return
+        new = with_flags(new, args) if args is not None else new
+        if not new.storage.signing_secret:  # the one --workers made up at start stays
+            storage = msgspec.structs.replace(
+                new.storage, signing_secret=generations.current.config.storage.signing_secret)
+            new = msgspec.structs.replace(new, storage=storage)
+        generations.reload(new)
+
     log.info("starting", host=config.server.host, port=config.server.port, pid=os.getpid(),
              models=len(config.models))
     from imagegate.proxy.server import run
 
-    run(app, config.server, reuse_port=multiprocess)
+    run(app, config.server, reuse_port=multiprocess, on_reload=reload)
+    log.info("stopped", pid=os.getpid())

@@ -11,13 +11,14 @@ from imagegate.config.errors import GatewayError
 from imagegate.middlewares.auth import allowed_models
 from imagegate.middlewares.keys import PARSED
 from imagegate.proxy.dispatch import dispatch
-from imagegate.proxy.gateway import GATEWAY
+from imagegate.proxy.drain import DRAIN
+from imagegate.proxy.gateway import gateway_of
 from imagegate.proxy.jobs import job_for
 
 
 async def images(request: web.Request) -> web.StreamResponse:
     """POST /v1/images/{generations,edits,variations}: the parse middleware has read the head."""
-    gw = request.app[GATEWAY]
+    gw = gateway_of(request)
     parsed = request.get(PARSED)
     if parsed is None:  # only when the chain was built without the parse middleware
         raise GatewayError("server_error", "The request was not parsed.")
@@ -25,7 +26,7 @@ async def images(request: web.Request) -> web.StreamResponse:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
+    gw = gateway_of(request)
     names = tuple(allowed_models(request, gw.models.listed, gw.models.public_of))
     body = gw.model_lists.get(names)
     if body is None:
@@ -35,7 +36,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
+    gw = gateway_of(request)
     name = request.match_info["model"]
     if name not in allowed_models(request, gw.models.listed, gw.models.public_of):
         raise GatewayError("model_not_found", f"The model '{name}' does not exist on this "
@@ -44,7 +45,7 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def hosted_file(request: web.Request) -> web.StreamResponse:
-    gw = request.app[GATEWAY]
+    gw = gateway_of(request)
     found = await gw.store.open(request.match_info["name"], request.query.get("expires", ""),
                                 request.query.get("sig", ""))
     if found is None:
@@ -61,7 +62,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
+    if request.app[DRAIN].draining:  # a load balancer stops sending at once
+        return web.json_response({"status": "draining"}, status=503)
+    gw = gateway_of(request)
     ready, down = await gw.check_ready()
     if not ready:
         return web.json_response({"status": "unavailable",

@@ -19,7 +19,18 @@ from imagegate.proxy.storage import ImageStore
 from imagegate.proxy.upstream import Upstream
 
 
+class ReadinessProbe:
+    """The Redis client /readyz pings; one for the process, whatever config is loaded."""
+
+    def __init__(self) -> None:
+        self.client: Any = None
+
+
 class Gateway:
+    """One loaded config and what is built from it. A reload makes a successor that shares the
+    long-lived parts (sessions, storage, Redis clients, unchanged route health); a request keeps
+    the Gateway it started with until it ends."""
+
     def __init__(self, config: Config, metrics: Metrics, router: Router | None = None,
                  store: ImageStore | None = None, rest_sync_s: float = 1.0) -> None:
         self.config = config
@@ -32,10 +43,26 @@ class Gateway:
         self.fetcher = Fetcher(config.fetch)
         self.finisher = Finisher(self.store, self.fetcher)
         self.public_base_url = public_base_url(config)
-        self._redis: Any = None
+        self.probe = ReadinessProbe()
         self.shared: SharedRests | None = None
         if config.state.backend == "redis":
             self.shared = SharedRests(config.state.redis_url, self.router, rest_sync_s)
+
+    def successor(self, config: Config) -> Gateway:
+        """The Gateway of a reloaded config (state, storage and fetch are the same: they need
+        a restart, see proxy/reload.py)."""
+        new = object.__new__(Gateway)
+        new.config, new.metrics = config, self.metrics
+        new.models = ModelTable(config)
+        new.model_lists = {}
+        new.router = self.router.successor(config, self.config)
+        new.upstream = self.upstream.successor(config)
+        new.store, new.fetcher, new.finisher = self.store, self.fetcher, self.finisher
+        new.public_base_url = public_base_url(config)
+        new.probe, new.shared = self.probe, self.shared
+        if new.shared is not None:
+            new.shared.follow(new.router)
+        return new
 
     async def share_rest(self, route: RouteState, seconds: float | None = None) -> None:
         """A route this gateway sent to rest rests on every gateway sharing the Redis."""
@@ -69,10 +96,10 @@ class Gateway:
         try:
             import redis.asyncio as redis
 
-            if self._redis is None:
-                self._redis = redis.from_url(self.config.state.redis_url,
-                                             socket_connect_timeout=1, socket_timeout=1)
-            await self._redis.ping()
+            if self.probe.client is None:
+                self.probe.client = redis.from_url(self.config.state.redis_url,
+                                                   socket_connect_timeout=1, socket_timeout=1)
+            await self.probe.client.ping()
         except Exception:  # any failure means "unreachable"; the reason names no secret
             return self.config.state.on_redis_error == "open", [f"redis ({', '.join(uses)})"]
         return True, []
@@ -94,11 +121,17 @@ class Gateway:
         await self.upstream.close()
         await self.fetcher.close()
         await self.store.close()
-        if self._redis is not None:
-            await self._redis.aclose()
+        if self.probe.client is not None:
+            await self.probe.client.aclose()
 
 
-GATEWAY = web.AppKey("gateway", Gateway)
+GATEWAY = web.AppKey("gateway", Gateway)  # the first one; requests use gateway_of()
+CURRENT = web.RequestKey("gateway", Gateway)  # the one a request started with
+
+
+def gateway_of(request: web.Request) -> Gateway:
+    found = request.get(CURRENT)
+    return found if found is not None else request.app[GATEWAY]
 WILDCARDS = ("", "0.0.0.0", "::")
 
 

@@ -23,6 +23,10 @@ class SharedRests:
         self.router, self.sync_s = router, sync_s
         self.health = router.all_health()
 
+    def follow(self, router: Router) -> None:
+        """After a reload: poll and rest the new router's pairs."""
+        self.router, self.health = router, router.all_health()
+
     async def publish(self, state: RouteState | Health, seconds: float) -> None:
         try:
             await self.client.set(PREFIX + state.key, "1", px=max(1, int(seconds * 1000)))

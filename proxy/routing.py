@@ -78,7 +78,8 @@ class RouteState:
 class Router:
     def __init__(self, config: Config, metrics: Metrics, *,
                  clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 keep: dict[tuple[str, str], Health] | None = None) -> None:
         self.cooldown_s = config.routing.cooldown_s
         self.max_attempts = config.routing.max_attempts
         self.clock, self.rng, self.metrics = clock, rng or random.Random(), metrics
@@ -91,11 +92,23 @@ class Router:
             for r in model.routes:
                 pair = (r.provider, r.model or name)
                 health = self.health.get(pair)
-                if health is None:
+                if health is None and keep and pair in keep:  # a reload kept its rest
+                    health = self.health[pair] = keep[pair]
+                elif health is None:
                     health = self.health[pair] = Health(*pair)
                     self._gauge(health, 1)
                 states.append(RouteState(name, r, health))
             self.routes[name] = states
+
+    def successor(self, config: Config, old: Config) -> Router:
+        """The router of a reloaded config: pairs whose provider did not change keep their
+        health (a rest, a probe, the failure count); pairs no longer routed lose their series."""
+        keep = {pair: h for pair, h in self.health.items()
+                if old.providers.get(pair[0]) == config.providers.get(pair[0])}
+        new = Router(config, self.metrics, clock=self.clock, rng=self.rng, keep=keep)
+        for pair in self.health.keys() - new.health.keys():
+            self.metrics.forget(self.metrics.route_healthy, *pair)
+        return new
 
     def _gauge(self, health: Health, value: int) -> None:
         self.metrics.child(self.metrics.route_healthy, health.provider, health.model).set(value)

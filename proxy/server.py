@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import resource
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +14,8 @@ from aiohttp.web_protocol import RequestHandler
 from imagegate.config.errors import GatewayError
 from imagegate.config.schema import ServerConfig
 from imagegate.middlewares.errors import error_body
+from imagegate.proxy.drain import DRAIN
+from imagegate.proxy.reload import GENERATIONS
 
 log = structlog.get_logger("imagegate.server")
 FD_RESERVE = 64  # descriptors kept for the listener, logs, Redis and upstream connections
@@ -176,22 +180,42 @@ class GatewayRunner(web.AppRunner):
                              limits=self.limits, **kwargs)
 
 
-def run(app: web.Application, server: ServerConfig, *, reuse_port: bool) -> None:
-    """web.run_app's job with GatewayRunner: serve until SIGTERM/SIGINT, then drain."""
+DRAIN_CANCEL_S = 0.25  # after the drain: how long aiohttp lets what is left end, then cancels
+
+
+def run(app: web.Application, server: ServerConfig, *, reuse_port: bool,
+        on_reload: Callable[[], None] | None = None) -> None:
+    """web.run_app's job with GatewayRunner: serve until SIGTERM/SIGINT, then drain (see
+    proxy/drain.py); SIGHUP calls on_reload."""
 
     async def main() -> None:
-        runner = GatewayRunner(app, Limits.of(server), handle_signals=True, access_log=None,
-                               handler_cancellation=True,
-                               shutdown_timeout=server.graceful_shutdown_s)
+        runner = GatewayRunner(app, Limits.of(server), handle_signals=False, access_log=None,
+                               handler_cancellation=True, shutdown_timeout=DRAIN_CANCEL_S)
         await runner.setup()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        if on_reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, on_reload)
         try:
             site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port)
             await site.start()
-            await asyncio.Event().wait()
+            await stop.wait()
+            await drain(app, stop)
         finally:
             await runner.cleanup()
 
-    try:
-        asyncio.run(main())
-    except (web.GracefulExit, KeyboardInterrupt):
-        pass
+    asyncio.run(main())
+
+
+async def drain(app: web.Application, stop: asyncio.Event) -> None:
+    """In-flight requests finish until graceful_shutdown_s; a second signal stops at once."""
+    app[DRAIN].begin()
+    stop.clear()
+    grace = app[GENERATIONS].current.config.server.graceful_shutdown_s
+    waiting = [asyncio.ensure_future(app[DRAIN].wait(grace)), asyncio.ensure_future(stop.wait())]
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)

@@ -25,7 +25,8 @@ WINDOW_S = 300.0
 IMAGES_ENDPOINTS = "/v1/images/"
 FAMILIES = ("imagegate_requests_total", "imagegate_request_duration_seconds_bucket",
             "imagegate_images_total", "imagegate_key_images_total", "imagegate_cost_usd_total",
-            "imagegate_route_healthy", "imagegate_upstream_in_flight")
+            "imagegate_route_healthy", "imagegate_upstream_in_flight",
+            "imagegate_budget_remaining")
 
 
 class RouteStatus(msgspec.Struct, kw_only=True):
@@ -62,7 +63,8 @@ class KeyStatus(msgspec.Struct, kw_only=True):
     requests_today: int
     images_today: int
     cost_usd_today: float | None  # None: nothing priced was served to it today
-    budget_remaining_usd: float | None = None
+    budget: dict[str, float] = {}  # as configured: usd_per_day, usd_per_month, images_per_day
+    budget_remaining_usd: float | None = None  # the tightest USD budget, as of its last answer
     budget_remaining_images: int | None = None
 
 
@@ -194,7 +196,7 @@ class StatusBoard:
             generated_at=iso(now), workers=self.workers, window_s=round(span),
             models=self._models(gw, snap, then, span, now),
             providers=self._providers(gw, snap),
-            keys=self._keys(gw, delta(snap, self.day[1])),
+            keys=self._keys(gw, delta(snap, self.day[1]), snap),
         )
 
     def _models(self, gw: Gateway, snap: Snapshot, then: Snapshot, span: float,
@@ -231,7 +233,7 @@ class StatusBoard:
                                max_concurrency=p.max_concurrency)
                 for name, p in gw.config.providers.items()]
 
-    def _keys(self, gw: Gateway, today: Snapshot) -> list[KeyStatus]:
+    def _keys(self, gw: Gateway, today: Snapshot, snap: Snapshot) -> list[KeyStatus]:
         api = sum_by(today, "imagegate_requests_total", ("key",),
                      lambda labels: labels.get("endpoint", "").startswith("/v1/"))
         images = sum_by(today, "imagegate_key_images_total", ("key",))
@@ -240,11 +242,19 @@ class StatusBoard:
             for table in (api, images, cost):
                 if ("-",) in table:
                     table[("anonymous",)] = table.get(("anonymous",), 0.0) + table.pop(("-",))
-        ids = [k.id for k in gw.config.auth.keys] or ["anonymous"]
-        return [KeyStatus(id=i, requests_today=int(api.get((i,), 0)),
-                          images_today=int(images.get((i,), 0)),
-                          cost_usd_today=round(cost[(i,)], 6) if (i,) in cost else None)
-                for i in ids]
+        left = sum_by(snap, "imagegate_budget_remaining", ("key", "budget"))
+        budgets = {k.id: {n: v for n, v in msgspec.structs.asdict(k.budget).items()
+                          if v is not None} for k in gw.config.auth.keys if k.budget}
+        out = []
+        for i in [k.id for k in gw.config.auth.keys] or ["anonymous"]:
+            usd = [v for (k, b), v in left.items() if k == i and b.startswith("usd")]
+            imgs = left.get((i, "images_per_day"))
+            out.append(KeyStatus(
+                id=i, requests_today=int(api.get((i,), 0)), images_today=int(images.get((i,), 0)),
+                cost_usd_today=round(cost[(i,)], 6) if (i,) in cost else None,
+                budget=budgets.get(i, {}), budget_remaining_usd=round(min(usd), 6) if usd else None,
+                budget_remaining_images=None if imgs is None else int(imgs)))
+        return out
 
 
 def _round(value: float | None) -> float | None:

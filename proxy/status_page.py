@@ -114,7 +114,10 @@ def _keys(status: Status) -> str:
         budget = " · ".join(filter(None, [
             None if k.budget_remaining_usd is None else f"${k.budget_remaining_usd:.2f}",
             None if k.budget_remaining_images is None else f"{k.budget_remaining_images} images",
-        ])) or "no budget"
+        ])) or ("no answer yet" if k.budget else "no budget")
+        if k.budget:
+            budget += " of " + ", ".join(f"{v:g} {n.replace('_', ' ')}"
+                                         for n, v in k.budget.items())
         rows.append(f"<tr data-key='{escape(k.id)}'><td>{escape(k.id)}</td>"
                     f"<td class=num>{k.requests_today}</td><td class=num>{k.images_today}</td>"
                     f"<td class=num>{cost}</td><td>{escape(budget)}</td></tr>")

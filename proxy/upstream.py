@@ -110,6 +110,16 @@ class Upstream:
         self.metrics = metrics
         self.session: aiohttp.ClientSession | None = None
 
+    def successor(self, config: Config) -> Upstream:
+        """The client of a reloaded config: the same session; an unchanged provider keeps its
+        state, so calls still in flight on the old config count against its max_concurrency."""
+        new = Upstream(config, self.metrics)
+        for name, state in self.providers.items():
+            if name in new.providers and state.config == config.providers[name]:
+                new.providers[name] = state
+        new.session = self.session
+        return new
+
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
         # answers are relayed or decoded as they come: ask for them uncompressed

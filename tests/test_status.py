@@ -25,12 +25,14 @@ def traffic_config(tmp_path: Any, openai_url: str, **server: Any) -> Any:
     providers["dead"] = {"type": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1",
                          "api_key": "sk-x", "max_concurrency": 3}
     models = {
+        "local": {"routes": [{"provider": "local", "price": {"per_image": 0.01}}]},
         "gpt-image-1": {"routes": [{"provider": "openai"}]},
         "flaky": {"routes": [{"provider": "dead", "model": "gpt-image-1", "weight": 2},
                              {"provider": "local", "priority": 1}], "aliases": ["fl"]},
         "broken": {"routes": [{"provider": "dead", "model": "dall-e-3"}]},
     }
-    keys = [{"id": "team-a", "key": GATEWAY_KEY}, {"id": "team-b", "key": "ig-other"}]
+    keys = [{"id": "team-a", "key": GATEWAY_KEY, "budget": {"usd_per_day": 1, "usd_per_month": 5}},
+            {"id": "team-b", "key": "ig-other"}]
     return make_config({"auth": {"keys": keys}, "server": server, "routing": {"cooldown_s": 60}},
                        tmp_path=tmp_path, providers=providers, models=models)
 
@@ -73,8 +75,9 @@ async def test_status_json_after_traffic(gateway: Any, tmp_path: Any,
 
     keys = {k["id"]: k for k in status["keys"]}
     assert keys["team-a"] == {"id": "team-a", "requests_today": 7, "images_today": 7,
-                              "cost_usd_today": None, "budget_remaining_usd": None,
-                              "budget_remaining_images": None}
+                              "cost_usd_today": 0.06,  # 6 images at $0.01; gpt-image-1 unpriced
+                              "budget": {"usd_per_day": 1.0, "usd_per_month": 5.0},
+                              "budget_remaining_usd": 0.94, "budget_remaining_images": None}
     assert keys["team-b"]["requests_today"] == 0
     providers = {p["name"]: p for p in status["providers"]}
     assert providers["dead"] == {"name": "dead", "type": "openai", "in_flight": 0,

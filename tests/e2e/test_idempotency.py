@@ -19,7 +19,7 @@ from imagegate.proxy.app import create_app
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from tests.conftest import make_config, openai_models
+from tests.conftest import GATEWAY_KEY, make_config, openai_models
 from tests.redis_server import redis_server
 from tests.schemas import checked_sdk
 from tests.upstreams import openai as openai_mock
@@ -407,3 +407,30 @@ async def test_a_running_request_renews_its_lease(start: Any, openai_upstream: A
         (_, a), (headers, b) = await running, await waiting
         assert len(recorder.requests) == 1 and headers["idempotent-replayed"] == "true"
         assert a.model_dump() == b.model_dump()
+
+
+async def test_a_replay_consumes_no_limit_and_costs_nothing(aiohttp_client: Any,
+                                                            openai_upstream: Any,
+                                                            tmp_path: Any) -> None:
+    recorder, base = openai_upstream
+    providers, _ = openai_models(base)
+    config = make_config(
+        {"auth": {"keys": [{"id": "team-a", "key": GATEWAY_KEY,
+                            "limits": {"requests_per_minute": 1}}]}},
+        tmp_path=tmp_path, providers=providers,
+        models={"gpt-image-1": {"routes": [{"provider": "openai", "price": {"per_image": 0.04}}]}})
+    registry = CollectorRegistry()
+    client = await aiohttp_client(create_app(config, registry=registry))
+    async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=GATEWAY_KEY,
+                                  max_retries=0) as api:
+        first = await api.images.with_raw_response.generate(**PROMPT, **key())
+        again = await api.images.with_raw_response.generate(**PROMPT, **key())
+        with pytest.raises(openai.RateLimitError):  # the one request a minute is spent
+            await api.images.generate(**PROMPT, **key("order-43"))
+    assert first.headers["x-imagegate-cost-usd"] == "0.04"
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "x-imagegate-cost-usd" not in again.headers and len(recorder.requests) == 1
+    assert registry.get_sample_value("imagegate_cost_usd_total", {
+        "key": "team-a", "model": "gpt-image-1", "provider": "openai"}) == pytest.approx(0.04)
+    assert registry.get_sample_value("imagegate_idempotent_replays_total",
+                                     {"key": "team-a"}) == 1
