@@ -49,6 +49,26 @@ class RateLimiter:
         return event
 
 
+class _Second:
+    """The ISO text of the current UTC second, made once a second, not once a line."""
+
+    second = -1
+    text = ""
+
+
+def iso_timestamp(logger: Any, method: str, event: MutableMapping[str, Any]
+                  ) -> MutableMapping[str, Any]:
+    """`timestamp` as structlog's TimeStamper(fmt="iso", utc=True) writes it
+    (2026-12-01T08:45:51.123456Z), for a fraction of its cost."""
+    now = time.time()
+    second = int(now)
+    if second != _Second.second:
+        _Second.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _Second.second = second
+    event["timestamp"] = f"{_Second.text}.{int((now - second) * 1e6):06d}Z"
+    return event
+
+
 def _bound_strings(logger: Any, method: str, event: MutableMapping[str, Any]
                    ) -> MutableMapping[str, Any]:
     """No base64 run (an image, a data URL, a key) in any line, and tracebacks bounded."""
@@ -88,7 +108,7 @@ def configure_logging(level: str = "info", *, file: BinaryIO | None = None,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             limiter or RateLimiter(),
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            iso_timestamp,
             structlog.processors.format_exc_info,
             scrub_processor,
             _bound_strings,
