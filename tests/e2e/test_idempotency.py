@@ -434,3 +434,40 @@ async def test_a_replay_consumes_no_limit_and_costs_nothing(aiohttp_client: Any,
         "key": "team-a", "model": "gpt-image-1", "provider": "openai"}) == pytest.approx(0.04)
     assert registry.get_sample_value("imagegate_idempotent_replays_total",
                                      {"key": "team-a"}) == 1
+
+
+async def test_without_a_key_a_hang_up_still_cancels_the_upstream_call(
+        start: Any, openai_upstream: Any) -> None:
+    recorder, _ = openai_upstream
+    recorder.gate = asyncio.Event()
+    client = await start()
+    with capture_logs() as logs:
+        async with sdk(client, timeout=0.3) as impatient:
+            with pytest.raises(openai.APITimeoutError):
+                await impatient.images.generate(**PROMPT)
+
+        async def cancelled() -> None:
+            while not any(e.get("outcome") == "cancelled" for e in logs):
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(cancelled(), 3)
+    assert not client.app[EXACTLY_ONCE].tasks
+    assert [e["status"] for e in logs if e["event"] == "request"] == [499]
+
+
+async def test_a_gateway_shutting_down_finishes_its_detached_requests(
+        start: Any, openai_upstream: Any, tmp_path: Any) -> None:
+    recorder, _ = openai_upstream
+    recorder.gate = asyncio.Event()
+    with redis_server(tmp_path) as url:
+        leaving, staying = await start(redis_overrides(url)), await start(redis_overrides(url))
+        async with sdk(leaving, timeout=0.3) as impatient:
+            with pytest.raises(openai.APITimeoutError):
+                await impatient.images.generate(**PROMPT, **key())
+        closing = asyncio.create_task(leaving.close())  # SIGTERM: cleanup waits for them
+        await asyncio.sleep(0.05)
+        assert not closing.done()
+        recorder.gate.set()
+        await closing
+        headers, answer = await generate(staying)
+        assert len(recorder.requests) == 1 and headers["idempotent-replayed"] == "true"
