@@ -10,6 +10,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,6 +41,8 @@ TARGETS = {
     "edit_rss_increase_mb": 5.0,
     "cpu_ratio": 1.25,  # gateway CPU per passthrough request over the bare forwarder's
     "added_p50_ms": 0.3,  # at one connection
+    "memory_added_ms": 0.1,  # gateway CPU that limits in memory add per request
+    "redis_over_memory_ms": 0.3,  # limits in Redis over limits in memory (issue 10's bound)
 }
 
 
@@ -206,18 +209,52 @@ def start_upstream(procs: list[subprocess.Popen[Any]], bare_for: str | None = No
     return int(line)
 
 
-def write_config(tmp: Path, upstream_port: int) -> Path:
-    path = tmp / "imagegate.yaml"
+# limits and a budget no load reaches: every admission runs all its checks and is admitted
+BENCH_LIMITS = ("limits: {requests_per_minute: 100000000, images_per_minute: 100000000, "
+                "concurrent_requests: 100000}, budget: {usd_per_day: 100000000, "
+                "usd_per_month: 100000000, images_per_day: 100000000}")
+
+
+def write_config(tmp: Path, upstream_port: int, limits: str = "off",
+                 redis_url: str | None = None) -> Path:
+    """`limits`: off (the key has none), memory, or redis (state.backend at `redis_url`)."""
+    path = tmp / f"imagegate-{limits}.yaml"
+    key = f"{{id: bench, key: {BENCH_KEY}" + (f", {BENCH_LIMITS}}}" if limits != "off" else "}")
+    state = f"state: {{backend: redis, redis_url: '{redis_url}'}}\n" if limits == "redis" else ""
     path.write_text(
         "server: {host: 127.0.0.1, port: 0, graceful_shutdown_s: 2}\n"
         f"storage: {{path: '{tmp / 'images'}'}}\n"  # keeps the repo free of ./data
+        + state +
         "providers:\n"
         f"  openai: {{type: openai, base_url: 'http://127.0.0.1:{upstream_port}',"
         " api_key: sk-bench}\n"
-        f"models:\n  {MODEL}: {{routes: [{{provider: openai}}]}}\n"
+        # a priced route: every answer is costed, whatever the limits
+        f"models:\n  {MODEL}: {{routes: [{{provider: openai, price: {{tokens: "
+        "{input_text: 5, input_image: 10, output: 40}}}]}\n"
         # one API key: every middleware on, as a gateway is run
-        f"auth: {{keys: [{{id: bench, key: {BENCH_KEY}}}]}}\n")
+        f"auth: {{keys: [{key}]}}\n")
     return path
+
+
+def start_redis(tmp: Path, procs: list[subprocess.Popen[Any]]) -> tuple[str, int]:
+    """A redis-server on a free loopback port for `--limits redis`: (its URL, its pid)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("--limits redis needs redis-server (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=die_with_parent)  # noqa: PLW1509
+    procs.append(proc)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return f"redis://127.0.0.1:{port}/0", proc.pid
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("redis-server did not start")
 
 
 def healthy(port: int) -> bool:
@@ -311,16 +348,20 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-async def measure_load(base: str, pid: int, concurrency: int, seconds: float) -> dict[str, Any]:
+async def measure_load(base: str, pid: int, concurrency: int, seconds: float,
+                       side_pid: int | None = None) -> dict[str, Any]:
+    """`side_pid`: a helper process (redis-server) whose CPU is reported on its own."""
     url = base + "/v1/images/generations"
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout,
                                      headers=AUTH) as session:
         warm = await drive(session, url, concurrency, count=200)
+        side_before = tree_cpu_ms(side_pid) if side_pid else 0.0
         cpu_before, started = tree_cpu_ms(pid), time.perf_counter()
         tally = await drive(session, url, concurrency, seconds=seconds)
         elapsed, cpu_ms = time.perf_counter() - started, tree_cpu_ms(pid) - cpu_before
+        side_ms = tree_cpu_ms(side_pid) - side_before if side_pid else None
     done = len(tally.latencies)
     lat = sorted(tally.latencies)
     return {
@@ -333,6 +374,8 @@ async def measure_load(base: str, pid: int, concurrency: int, seconds: float) ->
         "p50_ms": round(percentile(lat, 0.50) * 1000, 2),
         "p99_ms": round(percentile(lat, 0.99) * 1000, 2),
         "rss_after_load_mb": round(status_kb(pid) / 1024, 1),
+        "side_cpu_ms_per_request": round(side_ms / done, 3) if side_ms is not None and done
+        else None,
     }
 
 
@@ -452,6 +495,24 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, Any, str]]:
                      (at + "bare forwarder p50 (ms)", bare["p50_ms"], ""),
                      (at + "added p50 latency (ms)", round(load["p50_ms"] - bare["p50_ms"], 2),
                       "added_p50_ms" if c == 1 else "")]
+    for mode, levels in r.get("limits", {}).items():
+        for c, load in levels.items():
+            at, off = f"C={c}, {mode} limits: ", loads.get(c, {}).get("cpu_ms_per_request")
+            rows += [(at + "CPU ms / request", load["cpu_ms_per_request"], ""),
+                     (at + "errors", load["errors"], "")]
+            if off and load["cpu_ms_per_request"]:
+                rows.append((at + "added CPU ms / req (vs off)",
+                             round(load["cpu_ms_per_request"] - off, 3),
+                             "memory_added_ms" if mode == "memory" else ""))
+            memory = r["limits"].get("memory", {}).get(c, {}).get("cpu_ms_per_request")
+            if mode == "redis" and memory and load["cpu_ms_per_request"]:
+                rows.append((at + "added CPU ms / req (vs memory)",
+                             round(load["cpu_ms_per_request"] - memory, 3),
+                             "redis_over_memory_ms"))
+            if load.get("side_cpu_ms_per_request") is not None:
+                rows.append((at + "redis-server CPU ms / req", load["side_cpu_ms_per_request"],
+                             ""))
+            rows.append((at + "latency p50 (ms)", load["p50_ms"], ""))
     for kind, label in (("streamed", "fields first"), ("spooled", "model after file")):
         e = edits.get(kind)
         if e:
@@ -492,9 +553,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     p.add_argument("--baseline", action="store_true",
                    help="also load a bare aiohttp forwarder and report the chain's overhead")
+    p.add_argument("--limits", type=_modes, default=[],
+                   help="also load gateways whose key has limits and a budget: memory, redis "
+                        "or memory,redis (redis starts a redis-server); reports the CPU each "
+                        "adds over the gateway without limits")
     p.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bare-proxy", help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def _modes(text: str) -> list[str]:
+    modes = [v.strip() for v in text.split(",") if v.strip()]
+    for mode in modes:
+        if mode not in ("memory", "redis"):
+            raise argparse.ArgumentTypeError(f"unknown limits mode {mode!r} (memory, redis)")
+    return modes
 
 
 def _levels(text: str) -> list[int]:
@@ -520,7 +593,10 @@ def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return min(runs, key=lambda r: r["cpu_ms_per_request"] or float("inf"))
 
 
-def run_loads(args: argparse.Namespace, targets: dict[str, tuple[str, int]],
+Target = tuple[str, int, int | None]  # base URL, pid, a helper's pid (redis-server)
+
+
+def run_loads(args: argparse.Namespace, targets: dict[str, Target],
               results: dict[str, Any]) -> None:
     """Each round loads every target in turn at every level (one target at a time: the idle
     one costs nothing), so drift on a shared machine falls on both alike."""
@@ -528,13 +604,17 @@ def run_loads(args: argparse.Namespace, targets: dict[str, tuple[str, int]],
         name: {c: [] for c in args.concurrency} for name in targets}
     for round_no in range(1, args.rounds + 1):
         for c in args.concurrency:
-            for name, (base, pid) in targets.items():
+            for name, (base, pid, side) in targets.items():
                 note(f"round {round_no}/{args.rounds}: {name}, 200 warm-up requests, then "
                      f"{args.seconds:g} s at concurrency {c}")
-                runs[name][c].append(asyncio.run(measure_load(base, pid, c, args.seconds)))
+                runs[name][c].append(asyncio.run(measure_load(base, pid, c, args.seconds,
+                                                              side)))
     for name, levels in runs.items():
-        results["load" if name == "gateway" else "baseline"] = {
-            c: best(rounds) for c, rounds in levels.items()}
+        figures = {c: best(rounds) for c, rounds in levels.items()}
+        if name.endswith(" limits"):
+            results.setdefault("limits", {})[name.split()[0]] = figures
+        else:
+            results["load" if name == "gateway" else "baseline"] = figures
 
 
 def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[Any]]) -> dict:
@@ -549,15 +629,30 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[Any]])
         asyncio.run(measure(args, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{upstream_port}",
                             gateway.pid, results))
         if not args.skip_load:
-            targets = {"gateway": (f"http://127.0.0.1:{port}", gateway.pid)}
+            targets: dict[str, Target] = {
+                "gateway": (f"http://127.0.0.1:{port}", gateway.pid, None)}
             if args.baseline:
                 bare_port = start_upstream(procs, f"http://127.0.0.1:{upstream_port}")
-                targets["bare forwarder"] = (f"http://127.0.0.1:{bare_port}", procs[-1].pid)
+                targets["bare forwarder"] = (f"http://127.0.0.1:{bare_port}", procs[-1].pid,
+                                             None)
+            for mode in args.limits:
+                targets[f"{mode} limits"] = limited_gateway(tmp, upstream_port, mode, procs)
             run_loads(args, targets, results)
     finally:
         if gateway.poll() is not None:
             note(f"the gateway exited ({gateway.returncode}); its log:\n{tail(log)}")
     return results
+
+
+def limited_gateway(tmp: Path, upstream_port: int, mode: str,
+                    procs: list[subprocess.Popen[Any]]) -> Target:
+    """Another gateway whose key has limits and a budget, kept in memory or in Redis."""
+    url, redis_pid = start_redis(tmp, procs) if mode == "redis" else (None, None)
+    config = write_config(tmp, upstream_port, mode, url)
+    port = free_port()
+    note(f"gateway with {mode} limits on :{port}")
+    proc, _ = start_gateway(config, port, tmp / f"gateway-{mode}.log", procs)
+    return f"http://127.0.0.1:{port}", proc.pid, redis_pid
 
 
 def _interrupt(signum: int, frame: Any) -> None:

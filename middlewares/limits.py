@@ -58,9 +58,13 @@ class Cap:
 
 @dataclass(slots=True)
 class Plan:
+    """What one admission checks. Built once per key, model, n, size, quality and UTC day,
+    then shared by every request alike (never changed after it is built)."""
+
     windows: list[Window]
     slots: list[Slot]
     caps: list[Cap]
+    groups: list[tuple[str, list[int]]] = field(default_factory=list)  # header kind -> windows
 
 
 @dataclass(slots=True)
@@ -250,6 +254,19 @@ return out
 """
 
 
+# KEYS: the slot zsets to leave, then the counters to settle; ARGV: ticket, slots, expire_at_ms,
+# then one delta per counter. A counter whose window has ended is not brought back.
+FINISH_LUA = """
+local ns = tonumber(ARGV[2])
+for i = 1, ns do redis.call('ZREM', KEYS[i], ARGV[1]) end
+for i = ns + 1, #KEYS do
+  local delta = tonumber(ARGV[i - ns + 2])
+  if delta ~= 0 and redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], delta) end
+end
+return 0
+"""
+
+
 class RedisBackend:
     """Shared by every worker and machine on one Redis; slots are leases renewed while held."""
 
@@ -259,8 +276,11 @@ class RedisBackend:
         self.client: Any = redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
         self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self.script = self.client.register_script(ADMIT_LUA)
+        self.settle = self.client.register_script(FINISH_LUA)
         self.lease_ttl_s = lease_ttl_s
         self.held: dict[str, list[str]] = {}  # ticket -> its slot keys, renewed while held
+        self.pending: list[tuple[tuple[list[str], list[Any]], asyncio.Future[None]]] = []
+        self.flusher: asyncio.Future[None] | None = None  # the batch being sent, owned here
 
     async def admit(self, plan: Plan, ticket: str, now: float) -> Decision:
         keys = [k for w in plan.windows for k in (w.key, w.key + ":sum")]
@@ -283,16 +303,43 @@ class RedisBackend:
                         ticket, self, plan)
 
     async def finish(self, decision: Decision, deltas: list[int]) -> None:
-        keys = self.held.pop(decision.ticket, ())
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.zrem(key, decision.ticket)
-        for c, delta in zip(decision.plan.caps, deltas, strict=True):
-            if delta:
-                pipe.incrby(c.key, delta)
-                pipe.pexpireat(c.key, int(c.resets_at * 1000) + 3_600_000)
-        if len(pipe):
-            await pipe.execute()
+        """Releases the slots and settles the reservations. Answers that end together share
+        one pipelined round trip; each waits for its own, so a slot is free once this returns."""
+        slots = self.held.pop(decision.ticket, [])
+        caps = [(c.key, d) for c, d in zip(decision.plan.caps, deltas, strict=True) if d]
+        if not slots and not caps:
+            return
+        keys = [*slots, *(k for k, _ in caps)]
+        args = [decision.ticket, len(slots), *(d for _, d in caps)]
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append(((keys, args), done))
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.ensure_future(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # answers ending in this turn of the loop join the batch
+        batch, self.pending = self.pending, []
+        try:
+            if len(batch) == 1:
+                keys, args = batch[0][0]
+                await self.settle(keys=keys, args=args)
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for (keys, args), _ in batch:
+                    await self.settle(keys=keys, args=args, client=pipe)  # queued
+                await pipe.execute()
+        except BaseException as exc:  # every waiter learns it (a cancelled one is gone)
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc if isinstance(exc, Exception) else
+                                       ConnectionError("cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)
 
     async def renew(self, now: float) -> None:
         """Pushes back the expiry of every lease this process holds (ZADD XX: never revives
@@ -307,6 +354,9 @@ class RedisBackend:
         await pipe.execute()
 
     async def close(self) -> None:
+        if self.flusher is not None and not self.flusher.done():
+            with contextlib.suppress(Exception):
+                await self.flusher
         await self.client.aclose()
 
 

@@ -48,6 +48,25 @@ def _budget_set(b: Budget) -> bool:
     return any(v is not None for v in (b.usd_per_day, b.usd_per_month, b.images_per_day))
 
 
+class Plans:
+    """Plans by what makes them differ; a bounded cache (size and quality come from clients)."""
+
+    MAX = 4096
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[object, ...], Plan] = {}
+
+    def get(self, policy: Policy, model: str, n: int, routes: list[Route], size: str | None,
+            quality: str | None, now: float) -> Plan:
+        key = (policy.key_id, model, n, size, quality, int(now // 86400))
+        plan = self.cache.get(key)
+        if plan is None:
+            if len(self.cache) >= self.MAX:
+                self.cache.clear()
+            plan = self.cache[key] = build_plan(policy, model, n, routes, size, quality, now)
+        return plan
+
+
 def build_plan(policy: Policy, model: str, n: int, routes: list[Route], size: str | None,
                quality: str | None, now: float) -> Plan:
     plan = Plan([], [], [])
@@ -60,6 +79,10 @@ def build_plan(policy: Policy, model: str, n: int, routes: list[Route], size: st
     if policy.budget is not None:
         _add_budget(plan, policy.budget, base, admission_estimate(routes, n, size, quality),
                     n, now)
+    for kind in ("requests", "images"):
+        found = [i for i, w in enumerate(plan.windows) if w.name.endswith(f"{kind}_per_minute")]
+        if found:
+            plan.groups.append((kind, found))
     return plan
 
 
@@ -124,27 +147,34 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{rest}s"
 
 
-def usage_headers(decision: Decision, spent: list[int] | None = None) -> dict[str, str]:
-    """x-ratelimit-* for the tightest request and image windows; budget headers with what is
-    left (`spent` overrides the counters after the answer settled)."""
+def usage_headers(decision: Decision) -> dict[str, str]:
+    """x-ratelimit-* for the tightest request and image windows, and the budget headers."""
     headers: dict[str, str] = {}
-    for kind in ("requests", "images"):
-        rows = [(w.limit - used, w.limit, reset) for w, used, reset in
-                zip(decision.plan.windows, decision.used, decision.resets_s, strict=True)
-                if w.name.endswith(f"{kind}_per_minute")]
-        if rows:
-            left, limit, reset = min(rows)
-            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, left))
-            headers[f"x-ratelimit-reset-{kind}"] = duration(reset)
-    usd: list[int] = []
-    images: list[int] = []
-    for cap, value in zip(decision.plan.caps, spent or decision.spent, strict=True):
-        (images if cap.name == "images_per_day" else usd).append(max(0, cap.limit - value))
-    if usd:
-        headers["x-imagegate-budget-remaining-usd"] = usd_text(min(usd) / MICRO)
-    if images:
-        headers["x-imagegate-budget-remaining-images"] = str(min(images))
+    windows, used = decision.plan.windows, decision.used
+    for kind, found in decision.plan.groups:
+        i = min(found, key=lambda j: windows[j].limit - used[j])
+        headers[f"x-ratelimit-limit-{kind}"] = str(windows[i].limit)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, windows[i].limit - used[i]))
+        headers[f"x-ratelimit-reset-{kind}"] = duration(decision.resets_s[i])
+    if decision.plan.caps:
+        headers.update(budget_headers(decision.plan.caps, decision.spent))
+    return headers
+
+
+def budget_headers(caps: list[Cap], spent: list[int]) -> dict[str, str]:
+    """What is left: the least of the day's and the month's USD, and the day's images."""
+    usd = images = None
+    for cap, value in zip(caps, spent, strict=True):
+        left = max(0, cap.limit - value)
+        if cap.name == "images_per_day":
+            images = left
+        else:
+            usd = left if usd is None else min(usd, left)
+    headers = {}
+    if usd is not None:
+        headers["x-imagegate-budget-remaining-usd"] = usd_text(usd / MICRO)
+    if images is not None:
+        headers["x-imagegate-budget-remaining-images"] = str(images)
     return headers
 
 

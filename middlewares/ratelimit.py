@@ -12,8 +12,9 @@ from imagegate.middlewares.limits import Cap, Decision, Limiter, Slot, Window
 from imagegate.middlewares.metrics import Metrics
 from imagegate.middlewares.plans import (
     ANONYMOUS,
+    Plans,
     Policy,
-    build_plan,
+    budget_headers,
     never_fits,
     policies,
     retry_after,
@@ -29,6 +30,7 @@ def ratelimit_middleware(auth: AuthConfig, limiter: Limiter | None,
                          metrics: Metrics) -> Middleware:
     """`limiter` None: nothing is limited, answers are only priced."""
     table = policies(auth) if limiter is not None else {}  # a key absent here: no admission
+    plans = Plans()
 
     @web.middleware
     async def ratelimit_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -44,18 +46,18 @@ def ratelimit_middleware(auth: AuthConfig, limiter: Limiter | None,
                 response.headers["x-imagegate-cost-usd"] = usd_text(cost)
             return response
         assert limiter is not None
-        return await _admitted(request, handler, policy, limiter, metrics)
+        return await _admitted(request, handler, policy, plans, limiter, metrics)
 
     return ratelimit_mw
 
 
-async def _admitted(request: web.Request, handler: Handler, policy: Policy, limiter: Limiter,
-                    metrics: Metrics) -> web.StreamResponse:
+async def _admitted(request: web.Request, handler: Handler, policy: Policy, plans: Plans,
+                    limiter: Limiter, metrics: Metrics) -> web.StreamResponse:
     parsed = request[PARSED]
     body = parsed.body
-    plan = build_plan(policy, parsed.public_model, parsed.n, parsed.model_config.routes,
-                      getattr(body, "size", None), getattr(body, "quality", None),
-                      limiter.clock())
+    plan = plans.get(policy, parsed.public_model, parsed.n, parsed.model_config.routes,
+                     getattr(body, "size", None), getattr(body, "quality", None),
+                     limiter.clock())
     impossible = never_fits(plan)
     if impossible is not None:
         raise GatewayError("invalid_value", f"n={parsed.n} is more than the key "
@@ -78,9 +80,11 @@ async def _admitted(request: web.Request, handler: Handler, policy: Policy, limi
         deltas = settle_deltas(plan, cost, outcome.images if outcome is not None else 0)
         await limiter.finish(decision, deltas)
         spent = [v + d for v, d in zip(decision.spent, deltas, strict=True)]
-        record_budget(metrics, policy.key_id, decision.plan.caps, spent)
+        if plan.caps:
+            record_budget(metrics, policy.key_id, plan.caps, spent)
     if not response.prepared:  # a streamed answer went out with the admission's figures
-        headers.update(usage_headers(decision, spent))
+        if plan.caps:
+            headers.update(budget_headers(plan.caps, spent))
         if cost is not None:
             headers["x-imagegate-cost-usd"] = usd_text(cost)
     return response

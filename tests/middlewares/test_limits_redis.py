@@ -74,12 +74,13 @@ async def test_a_budget_is_shared_and_resets_at_midnight(aiohttp_client: Any,
                                                          tmp_path: Any) -> None:
     clock = Clock(1_796_083_200.0 + 23.5 * 3600)  # 2026-12-01T23:30:00Z
     with redis_server(tmp_path) as url:
-        a, b = await pair(aiohttp_client, url, {"budget": {"usd_per_day": 0.5}}, clock,
+        a, b = await pair(aiohttp_client, url, {"budget": {"usd_per_day": 0.5},
+                                                "limits": {"concurrent_requests": 2}}, clock,
                           {"per_image": 0.2})
         assert (await gen(a)).headers["x-imagegate-budget-remaining-usd"] == "0.3"
         assert (await gen(b, prompt="fail")).status == 502  # costs nothing
         resp = await gen(b)
-        assert resp.headers["x-imagegate-budget-remaining-usd"] == "0.1"
+        assert resp.status == 200 and resp.headers["x-imagegate-budget-remaining-usd"] == "0.1"
         refused = await gen(a)
         assert refused.status == 429 and refused.headers["retry-after"] == "1800"
         assert (await refused.json())["error"]["code"] == "budget_exceeded"
