@@ -90,7 +90,7 @@ class StorageConfig(Strict, frozen=True):
 class IdempotencyConfig(Strict, frozen=True):
     ttl_s: PositiveFloat = 86400.0  # a finished answer is replayed this long
     lease_s: Annotated[float, Meta(ge=1)] = 30.0  # an in-flight marker lives this long unrenewed
-    max_stored_bytes: Annotated[int, Meta(ge=0)] = 512 * 1024 * 1024  # memory backend only
+    max_stored_bytes: Annotated[int, Meta(ge=0)] = 512 * 1024 * 1024  # memory: all; redis: one
 
 
 class FetchConfig(Strict, frozen=True):

@@ -181,13 +181,13 @@ class RedisLedger:
     """Shared by every worker and machine on the Redis: the in-flight marker is a lease that
     its holder renews; a holder that died stops renewing and the next request runs again."""
 
-    def __init__(self, url: str, lease_s: float, ttl_s: float,
+    def __init__(self, url: str, lease_s: float, ttl_s: float, max_bytes: int,
                  clock: Callable[[], float] = time.time) -> None:
         import redis.asyncio as redis  # only when state.backend is redis
 
         self.client: Any = redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
         self.errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
-        self.lease_s, self.ttl_s, self.clock = lease_s, ttl_s, clock
+        self.lease_s, self.ttl_s, self.max_bytes, self.clock = lease_s, ttl_s, max_bytes, clock
         self._claim = self.client.register_script(_CLAIM)
         self._swap = self.client.register_script(_SWAP)
         self._drop_if = self.client.register_script(_DROP_IF)
@@ -229,6 +229,10 @@ class RedisLedger:
 
     async def finish(self, scope: str, token: str, answer: StoredAnswer) -> bool:
         key = PREFIX + scope
+        if len(answer.body) > self.max_bytes:
+            await self.release(scope, token)
+            log.warning("idempotent_answer_not_stored", reason="larger than max_stored_bytes")
+            return False
         px = max(1, int((answer.expires_at - self.clock()) * 1000))
         found = await self.client.get(key)
         if found is None:

@@ -263,8 +263,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 async def test_redis_ledger_shares_leases_and_answers(redis_url: str) -> None:
     clock = Clock()
-    a = RedisLedger(redis_url, lease_s=30, ttl_s=600, clock=clock)
-    b = RedisLedger(redis_url, lease_s=30, ttl_s=600, clock=clock)
+    a = RedisLedger(redis_url, lease_s=30, ttl_s=600, max_bytes=1000, clock=clock)
+    b = RedisLedger(redis_url, lease_s=30, ttl_s=600, max_bytes=1000, clock=clock)
     try:
         dead = await a.claim("r1", "fp")
         assert dead.kind == "won"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -219,7 +220,7 @@ async def test_a_dead_holders_lease_expires(start: Any, openai_upstream: Any,
     clock = Clock()
     with redis_server(tmp_path) as url:
         # a gateway that claimed the key, then died without renewing its lease
-        dead = RedisLedger(url, lease_s=30, ttl_s=86400, clock=clock)
+        dead = RedisLedger(url, lease_s=30, ttl_s=86400, max_bytes=1000, clock=clock)
         raw = json.dumps(PROMPT).encode()
         await dead.claim(scope_of("anonymous", "generations", "order-42"),
                          json_fingerprint(raw))
@@ -471,3 +472,17 @@ async def test_a_gateway_shutting_down_finishes_its_detached_requests(
         await closing
         headers, answer = await generate(staying)
         assert len(recorder.requests) == 1 and headers["idempotent-replayed"] == "true"
+
+
+async def test_a_url_answer_is_kept_no_longer_than_its_links(start: Any) -> None:
+    clock = Clock()
+    clock.now = time.time()  # the image store signs links with the real clock
+    client = await start(clock=clock)
+    body = {"model": "local", "prompt": "kite", "size": "64x64", "response_format": "url"}
+    _, first = await generate(client, **body)
+    clock.now += 3000  # within storage.ttl_s (3600): replayed
+    headers, _ = await generate(client, **body)
+    assert headers["idempotent-replayed"] == "true"
+    clock.now += 700  # its links have expired: the key runs again, with fresh links
+    headers, fresh = await generate(client, **body)
+    assert "idempotent-replayed" not in headers and fresh.data[0].url != first.data[0].url
