@@ -486,3 +486,33 @@ async def test_a_url_answer_is_kept_no_longer_than_its_links(start: Any) -> None
     clock.now += 700  # its links have expired: the key runs again, with fresh links
     headers, fresh = await generate(client, **body)
     assert "idempotent-replayed" not in headers and fresh.data[0].url != first.data[0].url
+
+
+async def test_a_stream_that_broke_midway_releases_the_key(aiohttp_server: Any, tmp_path: Any,
+                                                          aiohttp_client: Any) -> None:
+    calls = [0]
+
+    async def breaking(request: web.Request) -> web.StreamResponse:
+        calls[0] += 1
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'event: image_generation.partial_image\ndata: {"type": '
+                         b'"image_generation.partial_image","b64_json":"aGk="}\n\n')
+        assert request.transport is not None
+        request.transport.close()  # the provider dies mid-stream
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/images/generations", breaking)
+    base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    config = make_config(tmp_path=tmp_path, providers={
+        "flaky": {"type": "openai", "base_url": base, "api_key": "k"}},
+        models={"gpt-image-1": {"routes": [{"provider": "flaky"}]}})
+    client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
+    for attempt in (1, 2):
+        async with sdk(client) as api:
+            stream = await api.images.generate(**PROMPT, stream=True, **key())
+            with pytest.raises(openai.APIError):
+                async for _ in stream:
+                    pass
+        assert calls[0] == attempt  # nothing was kept: the retry ran again
