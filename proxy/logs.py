@@ -79,6 +79,14 @@ def _bound_strings(logger: Any, method: str, event: MutableMapping[str, Any]
     return event
 
 
+def _exc_info(logger: Any, method: str, event: MutableMapping[str, Any]
+              ) -> MutableMapping[str, Any]:
+    """structlog's format_exc_info, skipped on the lines (nearly all) that carry none."""
+    if "exc_info" not in event:
+        return event
+    return structlog.processors.format_exc_info(logger, method, event)
+
+
 class _ToStructlog(logging.Handler):
     """The stdlib bridge: aiohttp's and asyncio's records as our JSON lines. Their messages can
     quote a client's bytes: bounded, and tracebacks kept to the exception's type."""
@@ -109,7 +117,7 @@ def configure_logging(level: str = "info", *, file: BinaryIO | None = None,
             structlog.processors.add_log_level,
             limiter or RateLimiter(),
             iso_timestamp,
-            structlog.processors.format_exc_info,
+            _exc_info,
             scrub_processor,
             _bound_strings,
             structlog.processors.JSONRenderer(
