@@ -84,6 +84,7 @@ async def test_a_retry_after_completion_is_replayed(start: Any, openai_upstream:
     assert len(recorder.requests) == 1
     assert again.model_dump() == first.model_dump()
     assert headers["idempotent-replayed"] == "true" and "idempotent-replayed" not in first_headers
+    assert headers["x-imagegate-provider"] == first_headers["x-imagegate-provider"] == "openai"
     assert [e["idempotency"] for e in logs if e["event"] == "request"] == ["first", "replayed"]
     assert client.registry.get_sample_value("imagegate_idempotent_replays_total",
                                             {"key": "anonymous"}) == 1
