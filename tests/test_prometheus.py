@@ -28,6 +28,8 @@ RULES = ROOT / "config/deploy/prometheus/rules.yml"
 GRAFANA_VARS = {"$model": ".*", "$provider": ".*", "$key": ".*", "$__rate_interval": "1m",
                 "$__interval": "5s"}
 LABEL_VALUES = re.compile(r"label_values\((?P<match>.+),\s*(?P<label>\w+)\)")
+KEYS = {"team-a": "ig-prom-key-a", "team-b": "ig-prom-key-b"}
+PRICE = {"per_image": 0.01}
 THRESHOLD = re.compile(r"\s*(==|!=|>=|<=|>|<)\s*[0-9.e+-]+\s*$")
 
 
@@ -60,21 +62,27 @@ def gateway_config(tmp_path: Path) -> Path:
                       "openai": {"type": "openai", "base_url": dead, "api_key": "sk-x",
                                  "connect_timeout_s": 1}},
         "models": {
-            "local": {"routes": [{"provider": "local"}]},
+            "local": {"routes": [{"provider": "local", "price": PRICE}]},
             "fallback": {"routes": [{"provider": "openai", "model": "gpt-image-1"},
-                                    {"provider": "local", "priority": 1}]},
+                                    {"provider": "local", "priority": 1}]},  # unpriced
             "broken": {"routes": [{"provider": "openai", "model": "dall-e-3"}]},
         },
+        "auth": {"keys": [
+            {"id": "team-a", "key": KEYS["team-a"], "budget": {"usd_per_day": 0.05}},
+            {"id": "team-b", "key": KEYS["team-b"], "limits": {"requests_per_minute": 100}},
+        ]},
     }
     path = tmp_path / "imagegate.yaml"
     path.write_text(json.dumps(config))
     return path
 
 
-def post(base_url: str, model: str) -> int:
+def post(base_url: str, model: str, key: str | None = None, **headers: str) -> int:
     body = json.dumps({"model": model, "prompt": "a red kite", "size": "32x32"}).encode()
+    if key:
+        headers["Authorization"] = f"Bearer {KEYS[key]}"
     req = urllib.request.Request(f"{base_url}/v1/images/generations", data=body,
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **headers})
     try:
         with urllib.request.urlopen(req, timeout=20) as resp:
             resp.read()
@@ -84,11 +92,15 @@ def post(base_url: str, model: str) -> int:
 
 
 def drive_traffic(gateway: GatewayProcess) -> list[int]:
-    models = ["local"] * 6 + ["fallback"] * 4 + ["no-such-model"] * 2
+    url = gateway.base_url
+    # team-a: $0.05 a day at $0.01 an image: five answers, then 429 budget_exceeded
+    calls = [("local", "team-a")] * 7 + [("fallback", "team-b")] * 4 + [
+        ("no-such-model", "team-b")] * 2
     with ThreadPoolExecutor(4) as pool:
-        statuses = list(pool.map(lambda m: post(gateway.base_url, m), models))
+        statuses = list(pool.map(lambda c: post(url, *c), calls))
+    statuses += [post(url, "local", "team-b", **{"Idempotency-Key": "k1"}) for _ in range(2)]
     # one at a time: three failures (502) rest the route, then it is skipped (503)
-    return statuses + [post(gateway.base_url, "broken") for _ in range(4)]
+    return statuses + [post(url, "broken", "team-b") for _ in range(4)]
 
 
 def has_data(prom: Prometheus, expr: str) -> tuple[bool, str]:
@@ -144,7 +156,7 @@ def test_every_dashboard_and_alert_expression_returns_data(
     prom, gateways = two_gateways_scraped
     for g in gateways:
         statuses = drive_traffic(g)
-        assert {200, 404, 502, 503}.issubset(statuses), statuses
+        assert {200, 404, 429, 502, 503}.issubset(statuses), statuses
     dashboard = [grafana_substitute(e) for e in dashboard_exprs()]
     # an alert's condition needs an incident; what it compares must exist without one
     signals = [THRESHOLD.sub("", e) for e in rule_exprs()]
@@ -152,9 +164,10 @@ def test_every_dashboard_and_alert_expression_returns_data(
     assert not missing, "\n".join(f"{e}\n  -> {a}" for e, a in missing.items())
     # the incidents this traffic caused fire their alerts: a resting route, 5xx share
     for g in gateways:  # errors on series Prometheus has seen before count in rate()
-        assert post(g.base_url, "broken") == 503
-    firing = [e for e in rule_exprs() if "route_healthy" in e or 'status=~"5.."' in e]
-    assert len(firing) == 2 and not wait_for_data(prom, firing)
+        assert post(g.base_url, "broken", "team-b") == 503
+    # ...and fire: a resting route, the 5xx share, a key out of budget
+    firing = [e for e in rule_exprs() if not e.startswith("up") and "quantile" not in e]
+    assert len(firing) == 3 and not wait_for_data(prom, firing)
     for expr in rule_exprs():  # the full expressions parse too
         assert prom.query(expr)["status"] == "success", expr
     gateways[1].stop()  # and a gateway that is gone is "down"

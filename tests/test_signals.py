@@ -79,6 +79,11 @@ def test_sighup_reloads_and_refuses_an_invalid_file(tmp_path: Path, workers: int
         for _ in range(4):  # new connections land on any worker
             assert generate(gw, "sketch", NEW_KEY) == 200
             assert generate(gw, "local", GATEWAY_KEY) == 401
+        for _ in range(3):  # any worker's status page counts the whole machine's requests
+            with urllib.request.urlopen(f"{gw.base_url}/status.json", timeout=5) as resp:
+                status = json.loads(resp.read())
+            assert status["workers"] == workers
+            assert [(k["id"], k["requests_today"]) for k in status["keys"]] == [("team-b", 4)]
         assert NEW_KEY not in gw.log() and GATEWAY_KEY not in gw.log()
         assert gw.stop() == 0
 
