@@ -121,3 +121,22 @@ async def test_redis_down_closed_refuses_with_503(aiohttp_client: Any, tmp_path:
     with redis_server(tmp_path, port):
         resp = await gen(a)
         assert resp.status == 200 and resp.headers["x-ratelimit-remaining-requests"] == "4"
+
+
+async def test_answers_ending_together_all_release_their_slots(aiohttp_client: Any,
+                                                               tmp_path: Any) -> None:
+    import redis.asyncio as redis
+
+    clock = Clock()
+    with redis_server(tmp_path) as url:
+        a, b = await pair(aiohttp_client, url, {"limits": {"concurrent_requests": 40},
+                                                "budget": {"images_per_day": 1000}}, clock)
+        for _ in range(3):  # waves that end together: their settlements share round trips
+            answers = await asyncio.wait_for(asyncio.gather(
+                *(gen(c, n=2, prompt="partial") for c in (a, b) for _ in range(10))), 20)
+            assert [r.status for r in answers] == [200] * 20
+        client = redis.from_url(url)
+        assert await client.zcard("imagegate:use:{team-a}:con") == 0
+        spent = await client.get("imagegate:use:{team-a}:img:d:20261201")
+        await client.aclose()
+        assert int(spent) == 60  # 60 requests for 2 images, 1 delivered each
