@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import multiprocessing
-import multiprocessing.connection
 import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -25,28 +24,69 @@ def configure_logging(level: str = "info") -> None:
     configure(level)
 
 
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, not {value}")
+    return value
+
+
+def worker_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid worker count: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"workers must be 1 or more, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from imagegate import __version__
+
     parser = argparse.ArgumentParser(
         prog="imagegate", description="OpenAI-compatible image gateway.")
+    parser.add_argument("--version", action="version", version=f"imagegate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", help="config file (default: $IMAGEGATE_CONFIG, else the "
                        "bundled offline config serving the `local` provider)")
     serve.add_argument("--host", help="listen address (overrides server.host)")
-    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="worker processes sharing the port (default 1)")
+    serve.add_argument("--port", type=port_number, help="listen port, 0..65535 (overrides "
+                       "server.port)")
+    serve.add_argument("--workers", type=worker_count, default=1,
+                       help="worker processes sharing the supervisor's socket (default 1); "
+                       "a dead worker is replaced, 5 deaths in 60 s stop the gateway")
     check = sub.add_parser("check-config", help="validate a config and print its routes")
     check.add_argument("path")
     hash_key = sub.add_parser("hash-key", help="print the key_sha256 form of an API key")
-    hash_key.add_argument("key")
+    hash_key.add_argument("key", nargs="?", help="the key (default: read from standard input, "
+                          "which keeps it out of shell history and `ps`)")
     return parser
+
+
+def read_key(given: str | None) -> str | None:
+    if given is not None:
+        return given
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass("API key: ")
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "hash-key":
-        print(hashlib.sha256(args.key.encode()).hexdigest())
+        key = read_key(args.key)
+        if not key:
+            print("imagegate: no key given (pass it as an argument or on standard input)",
+                  file=sys.stderr)
+            return 1
+        print(hashlib.sha256(key.encode()).hexdigest())
         return 0
     from imagegate.config.loader import ConfigError, load_config
 
@@ -130,17 +170,23 @@ def with_flags(config: Any, args: argparse.Namespace) -> Any:
     """The config with --host and --port applied (on start and on every reload)."""
     server = msgspec.structs.replace(
         config.server,
-        host=args.host or config.server.host,
+        host=config.server.host if args.host is None else args.host,
         port=config.server.port if args.port is None else args.port,
     )
     return msgspec.structs.replace(config, server=server)
 
 
 def serve(config: Any, args: argparse.Namespace, path: str | None = None) -> int:
+    from imagegate.proxy.supervisor import ListenError, listen
+
     config = with_flags(config, args)
+    try:  # bound once, here: workers inherit it, a second gateway on the port is refused
+        sock = listen(config.server.host, config.server.port)
+    except ListenError as exc:
+        print(f"imagegate: {exc}", file=sys.stderr)
+        return 1
     if args.workers <= 1:
-        run_worker(config, False, path, args)
-        return 0
+        return run_worker(config, sock, False, path, args)
     if not config.storage.signing_secret:  # one secret for all workers: any of them serves a link
         storage = msgspec.structs.replace(config.storage, signing_secret=secrets.token_hex(32))
         config = msgspec.structs.replace(config, storage=storage)
@@ -148,59 +194,53 @@ def serve(config: Any, args: argparse.Namespace, path: str | None = None) -> int
     if own_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="imagegate-prom-")
     try:
-        return supervise(config, args.workers, path, args)
+        return supervise(config, sock, args.workers, path, args)
     finally:
+        sock.close()
         if own_dir:
             shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
-def supervise(config: Any, count: int, path: str | None = None,
+def supervise(config: Any, sock: socket.socket, count: int, path: str | None = None,
               args: argparse.Namespace | None = None) -> int:
-    """Runs the workers; if one dies on its own the others are stopped and the exit code says
-    so, for the process supervisor (systemd, Kubernetes) to restart the gateway."""
+    """Runs the workers on the supervisor's socket; a worker that dies is replaced, a crash loop
+    stops the gateway with exit 1 for the process supervisor (systemd, Kubernetes) to see."""
+    from imagegate.proxy.supervisor import Supervisor
+    from prometheus_client import multiprocess as prom_multiprocess
+
     configure_logging(config.server.log_level)
     log = structlog.get_logger("imagegate")
+    log.info("supervisor_starting", host=config.server.host, port=sock.getsockname()[1],
+             workers=count, pid=os.getpid())
     detail = per_worker_warning(config, count)
     if detail:
         log.warning("limits_per_worker", workers=count, keys=limited_keys(config), detail=detail)
-    ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=run_worker, args=(config, True, path, args))
-               for _ in range(count)]
-    for w in workers:
-        w.start()
-    stopping = crashed = False
 
-    def stop_workers(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for w in workers:  # each worker shuts down gracefully on SIGTERM
-            if w.is_alive():
-                w.terminate()
+    def forget(pid: int) -> None:  # a dead worker's live gauges leave the sums
+        prom_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+    supervisor = Supervisor(worker_main, (config, sock, path, args), count, log,
+                            grace_s=config.server.graceful_shutdown_s, on_death=forget)
 
     def reload_workers(signum: int, frame: Any) -> None:
-        """Checked once here (one `config_reload_failed` line), then every worker reloads."""
-        if read_config(path, log) is None:
+        """Checked once here (one `config_reload_failed` line), then every worker reloads;
+        a worker started later (replacing a dead one) starts from the new file."""
+        new = read_config(path, log)
+        if new is None:
             return
-        for w in workers:
-            if w.is_alive() and w.pid is not None:
-                os.kill(w.pid, signal.SIGHUP)
+        new = with_flags(new, args) if args is not None else new
+        if not new.storage.signing_secret:  # the one made up at start stays
+            storage = msgspec.structs.replace(new.storage,
+                                              signing_secret=config.storage.signing_secret)
+            new = msgspec.structs.replace(new, storage=storage)
+        supervisor.args = (new, sock, path, args)
+        supervisor.signal_workers(signal.SIGHUP)
 
-    signal.signal(signal.SIGTERM, stop_workers)
-    signal.signal(signal.SIGINT, stop_workers)
     signal.signal(signal.SIGHUP, reload_workers)
-    while True:
-        alive = [w for w in workers if w.is_alive()]  # is_alive() reaps: read it once a turn
-        if not alive:
-            break
-        if len(alive) < len(workers) and not stopping:
-            dead = next(w for w in workers if w not in alive)
-            log.error("worker_died", pid=dead.pid, exitcode=dead.exitcode)
-            crashed = True
-            stop_workers(signal.SIGTERM, None)
-        multiprocessing.connection.wait([w.sentinel for w in alive], timeout=1.0)
-    for w in workers:
-        w.join()
-    return 1 if crashed else 0
+    code = supervisor.run()
+    log.info("shutdown", reason=supervisor.reason or "every worker stopped", exit_code=code,
+             pid=os.getpid())
+    return code
 
 
 def read_config(path: str | None, log: Any) -> Any:
@@ -218,8 +258,17 @@ def read_config(path: str | None, log: Any) -> Any:
     return None
 
 
-def run_worker(config: Any, multiprocess: bool, path: str | None = None,
-               args: argparse.Namespace | None = None) -> None:
+def worker_main(config: Any, sock: socket.socket, path: str | None,
+                args: argparse.Namespace | None) -> None:
+    """A worker process's entry point: its exit code says whether it failed."""
+    sys.exit(run_worker(config, sock, True, path, args))
+
+
+def run_worker(config: Any, sock: socket.socket, multiprocess: bool, path: str | None = None,
+               args: argparse.Namespace | None = None) -> int:
+    """One serving process on the given socket. The last line it logs says why it stopped
+    (`shutdown` for a lone process; `worker_stopped` under a supervisor, whose own `shutdown`
+    line comes last)."""
     from imagegate.proxy.app import create_app
     from imagegate.proxy.reload import GENERATIONS
 
@@ -241,9 +290,16 @@ def run_worker(config: Any, multiprocess: bool, path: str | None = None,
             new = msgspec.structs.replace(new, storage=storage)
         generations.reload(new)
 
-    log.info("starting", host=config.server.host, port=config.server.port, pid=os.getpid(),
+    log.info("starting", host=config.server.host, port=sock.getsockname()[1], pid=os.getpid(),
              models=len(config.models))
     from imagegate.proxy.server import run
 
-    run(app, config.server, reuse_port=multiprocess, on_reload=reload)
-    log.info("stopped", pid=os.getpid())
+    event = "worker_stopped" if multiprocess else "shutdown"
+    try:
+        reason = run(app, config.server, sock=sock, on_reload=reload)
+    except Exception as exc:
+        log.error(event, reason=f"server failed: {type(exc).__name__}", exc_info=exc,
+                  pid=os.getpid())
+        return 1
+    log.info(event, reason=reason, pid=os.getpid())
+    return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -183,10 +184,12 @@ class GatewayRunner(web.AppRunner):
 DRAIN_CANCEL_S = 0.25  # after the drain: how long aiohttp lets what is left end, then cancels
 
 
-def run(app: web.Application, server: ServerConfig, *, reuse_port: bool,
-        on_reload: Callable[[], None] | None = None) -> None:
-    """web.run_app's job with GatewayRunner: serve until SIGTERM/SIGINT, then drain (see
-    proxy/drain.py); SIGHUP calls on_reload."""
+def run(app: web.Application, server: ServerConfig, *, sock: socket.socket | None = None,
+        reuse_port: bool = False, on_reload: Callable[[], None] | None = None) -> str:
+    """web.run_app's job with GatewayRunner: serve (on `sock` when given, bound by the CLI or
+    the supervisor; else on server.host/port) until SIGTERM/SIGINT, then drain (see
+    proxy/drain.py); SIGHUP calls on_reload. Returns why it stopped."""
+    signals: list[int] = []
 
     async def main() -> None:
         runner = GatewayRunner(app, Limits.of(server), handle_signals=False, access_log=None,
@@ -194,12 +197,19 @@ def run(app: web.Application, server: ServerConfig, *, reuse_port: bool,
         await runner.setup()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+
+        def stopped(signum: int) -> None:
+            signals.append(signum)
+            stop.set()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, stopped, signum)
         if on_reload is not None:
             loop.add_signal_handler(signal.SIGHUP, on_reload)
         try:
-            site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port)
+            site: web.BaseSite = (
+                web.SockSite(runner, sock) if sock is not None else
+                web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port))
             await site.start()
             await stop.wait()
             await drain(app, stop)
@@ -207,6 +217,7 @@ def run(app: web.Application, server: ServerConfig, *, reuse_port: bool,
             await runner.cleanup()
 
     asyncio.run(main())
+    return f"signal {signal.Signals(signals[0]).name}" if signals else "server stopped"
 
 
 async def drain(app: web.Application, stop: asyncio.Event) -> None:

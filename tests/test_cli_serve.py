@@ -66,17 +66,60 @@ def test_two_workers_serve_each_others_links(tmp_path: Path) -> None:
     assert alive == []  # SIGTERM to the parent stops every worker
 
 
-def test_a_dead_worker_stops_the_gateway_with_an_error(tmp_path: Path) -> None:
+def test_a_dead_worker_is_replaced_not_the_gateway_stopped(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "imagegate", "serve", "--port", str(port),
-                             "--workers", "2"], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    out = tmp_path / "gateway.out"
+    with open(out, "wb") as stdout:
+        proc = subprocess.Popen([sys.executable, "-m", "imagegate", "serve", "--port",
+                                 str(port), "--workers", "2"], cwd=tmp_path, stdout=stdout,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_healthy(port, proc, workers=2)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-            os.kill(json.loads(resp.read())["pid"], signal.SIGKILL)
-        assert proc.wait(timeout=20) == 1  # a supervisor sees the failure and restarts it
+        before = wait_workers(port, proc, 2)
+        os.kill(before[0], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "the gateway stopped"
+            now = workers_of(proc.pid)
+            if len(now) == 2 and before[0] not in now:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the dead worker was not replaced")
+        wait_healthy(port, proc)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    events = {e["event"]: e for e in lines}
+    assert events["worker_died"]["pid"] == before[0] and events["worker_died"]["exitcode"] == -9
+    assert events["worker_restarting"]["after_s"] == 0.1 and "worker_restarted" in events
+    assert lines[-1]["event"] == "shutdown" and lines[-1]["reason"] == "signal SIGTERM"
+
+
+def workers_of(pid: int) -> list[int]:
+    """The supervisor's worker processes (its spawned children, not multiprocessing helpers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_workers(port: int, proc: subprocess.Popen[bytes], count: int) -> list[int]:
+    """Until the supervisor has `count` workers and the port answers; their pids."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = workers_of(proc.pid)
+        if len(found) == count:
+            wait_healthy(port, proc)
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{count} workers did not come up")
