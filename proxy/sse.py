@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -16,6 +17,7 @@ from imagegate.config.api import ErrorBody, Image, ImagesResponse, ImageStreamEv
 from imagegate.config.errors import GatewayError
 from imagegate.config.images import sniff_mime
 from imagegate.middlewares.redact import scrub
+from PIL import Image as PILImage
 
 KEEPALIVE = b": keep-alive\n\n"
 log = structlog.get_logger("imagegate.sse")
@@ -32,25 +34,45 @@ def frame(event: str, data: bytes) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
 
 
-def format_of(image: Image, req: ImageRequest) -> str:
-    """The real format of a b64 image (a provider may answer JPEG where none was asked)."""
-    if isinstance(image.b64_json, str):
-        mime = sniff_mime(base64.b64decode(image.b64_json[:24]))
-        if mime is not None:
-            return mime.split("/")[1]
-    return req.output_format or "png"
+# OpenAI's ImageGenCompletedEvent / ImageEditCompletedEvent enums (openai-openapi, 2026-08):
+# values outside them break clients generated from the spec, so each field keeps to them.
+EVENT_SIZES = frozenset({"1024x1024", "1024x1536", "1536x1024"})
+EVENT_QUALITY = {"low": "low", "medium": "medium", "high": "high", "auto": "auto",
+                 "standard": "medium", "hd": "high", "xhigh": "high", "max": "high"}
+EVENT_BACKGROUNDS = frozenset({"transparent", "opaque", "auto"})
+FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
+
+
+def describe(image: Image, req: ImageRequest) -> tuple[str, str]:
+    """(size, output_format) of the image actually made: its real WxH when that is one of
+    the schema's sizes (else `auto`, the schema's word for "the model chose"), its real
+    format from its bytes."""
+    try:
+        data = base64.b64decode(image.b64_json) if isinstance(image.b64_json, str) else b""
+        with PILImage.open(io.BytesIO(data)) as opened:  # reads the header only
+            width, height = opened.size
+    except (ValueError, OSError):  # binascii.Error is a ValueError
+        return "auto", req.output_format if req.output_format in ("png", "jpeg", "webp") \
+            else "png"
+    size = f"{width}x{height}"
+    return (size if size in EVENT_SIZES else "auto",
+            FORMATS.get(sniff_mime(data[:16]) or "", "png"))
 
 
 def completed_events(body: ImagesResponse, kind: str, req: ImageRequest) -> list[bytes]:
+    """One `*.completed` event per image with every field OpenAI's schema requires: b64_json
+    always (a `url` answer adds its link beside it), usage on the last."""
     frames = []
     last = len(body.data) - 1
+    usage = body.usage if isinstance(body.usage, Usage) else Usage()
     for i, image in enumerate(body.data):
-        usage = body.usage if isinstance(body.usage, Usage) else Usage()
+        size, fmt = describe(image, req)
         event = ImageStreamEvent(
             type=f"{kind}.completed", b64_json=image.b64_json, url=image.url,
-            created_at=body.created, size=req.size or "auto", quality=req.quality or "auto",
-            background=req.background or "auto", output_format=format_of(image, req),
-            usage=usage if i == last else Usage(),
+            created_at=body.created, size=size,
+            quality=EVENT_QUALITY.get(req.quality or "auto", "auto"),
+            background=req.background if req.background in EVENT_BACKGROUNDS else "auto",
+            output_format=fmt, usage=usage if i == last else Usage(),
         )
         frames.append(frame(event.type, _encode(event)))
     return frames

@@ -11,12 +11,13 @@ from imagegate.config.loader import load_config
 from PIL import Image
 
 from tests.conftest import make_config
+from tests.schemas import checked_sdk
 
 
 @pytest.fixture
 async def sdk(gateway: Any, tmp_path: Any) -> Any:
     client = await gateway(make_config(tmp_path=tmp_path))
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
     sdk.gateway = client
     yield sdk
     await sdk.close()
