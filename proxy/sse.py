@@ -41,16 +41,29 @@ def format_of(image: Image, req: ImageRequest) -> str:
     return req.output_format or "png"
 
 
-def completed_events(body: ImagesResponse, kind: str, req: ImageRequest) -> list[bytes]:
+def completed_events(body: ImagesResponse, kind: str, req: ImageRequest,
+                     partials: list[list[str]] | None = None) -> list[bytes]:
+    """One `completed` event per image, each after its partial renders (when the provider made
+    them): `partial_image` events, coarse to fine, as OpenAI streams them."""
     frames = []
     last = len(body.data) - 1
+    size = body.size if isinstance(body.size, str) else req.size or "auto"
+    quality = body.quality if isinstance(body.quality, str) else req.quality or "auto"
+    background = body.background if isinstance(body.background, str) else (
+        req.background or "auto")
     for i, image in enumerate(body.data):
         usage = body.usage if isinstance(body.usage, Usage) else Usage()
+        fmt = format_of(image, req)
+        for k, partial in enumerate(partials[i] if partials and i < len(partials) else []):
+            event = ImageStreamEvent(
+                type=f"{kind}.partial_image", b64_json=partial, created_at=body.created,
+                size=size, quality=quality, background=background, output_format=fmt,
+                partial_image_index=k)
+            frames.append(frame(event.type, _encode(event)))
         event = ImageStreamEvent(
             type=f"{kind}.completed", b64_json=image.b64_json, url=image.url,
-            created_at=body.created, size=req.size or "auto", quality=req.quality or "auto",
-            background=req.background or "auto", output_format=format_of(image, req),
-            usage=usage if i == last else Usage(),
+            created_at=body.created, size=size, quality=quality, background=background,
+            output_format=fmt, usage=usage if i == last else Usage(),
         )
         frames.append(frame(event.type, _encode(event)))
     return frames
@@ -65,7 +78,9 @@ class Streamed(Generic[T]):
 async def stream_images(request: web.Request, work: Awaitable[T],
                         parts: Callable[[T], tuple[ImagesResponse, int, dict[str, str]]],
                         headers: dict[str, str], kind: str, req: ImageRequest,
-                        keepalive_s: float) -> Streamed[T]:
+                        keepalive_s: float,
+                        partials: Callable[[T], list[list[str]] | None] | None = None
+                        ) -> Streamed[T]:
     """Keep-alives while `work` runs, then its images as events; also what `work` gave (None
     when it failed after the stream had begun). `parts` reads (answer, images not delivered,
     headers naming who answered) from that result. Errors that come before the first byte keep
@@ -97,7 +112,8 @@ async def stream_images(request: web.Request, work: Awaitable[T],
                                              error.code))
             await out.write(frame("error", _encode(envelope)))
         else:
-            for data in completed_events(body, kind, req):
+            made = partials(result) if partials is not None else None
+            for data in completed_events(body, kind, req, made):
                 await out.write(data)
         await out.write_eof()
         return Streamed(out, result)
