@@ -288,7 +288,11 @@ def run_worker(config: Any, sock: socket.socket, multiprocess: bool, path: str |
             storage = msgspec.structs.replace(
                 new.storage, signing_secret=generations.current.config.storage.signing_secret)
             new = msgspec.structs.replace(new, storage=storage)
-        generations.reload(new)
+        try:
+            generations.reload(new)
+        except Exception as exc:  # a bug, never a bad file: those are ConfigErrors above
+            log.exception("config_reload_failed", error=type(exc).__name__, path="",
+                          detail="the config loaded before keeps serving")
 
     log.info("starting", host=config.server.host, port=sock.getsockname()[1], pid=os.getpid(),
              models=len(config.models))

@@ -11,7 +11,6 @@ import msgspec
 import structlog
 from aiohttp import web
 from imagegate.config.schema import Config
-from imagegate.middlewares.auth import hash_key
 from imagegate.middlewares.redact import configured_secrets, register
 from imagegate.proxy.gateway import CURRENT, Gateway
 
@@ -97,13 +96,12 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, int]:
 
 def changes(old: Config, new: Config) -> dict[str, Any]:
     """Counts of what a reload changed, by name; never a key or any other secret."""
-    def keys(config: Config) -> dict[str, Any]:
-        return {k.id: (k.key_sha256 or hash_key(k.key or ""), msgspec.structs.astuple(k)[2:])
-                for k in config.auth.keys}
-
     def routes(config: Config) -> dict[str, Any]:
         return {f"{name}[{i}]": r for name, m in config.models.items()
                 for i, r in enumerate(m.routes)}
+
+    def keys(config: Config) -> dict[str, Any]:
+        return {k.id: k for k in config.auth.keys}  # compared, never logged
 
     return {"keys": _diff(keys(old), keys(new)), "models": _diff(old.models, new.models),
             "routes": _diff(routes(old), routes(new)),

@@ -64,8 +64,7 @@ class KeyStatus(msgspec.Struct, kw_only=True):
     images_today: int
     cost_usd_today: float | None  # None: nothing priced was served to it today
     budget: dict[str, float] = {}  # as configured: usd_per_day, usd_per_month, images_per_day
-    budget_remaining_usd: float | None = None  # the tightest USD budget, as of its last answer
-    budget_remaining_images: int | None = None
+    budget_left: dict[str, float] = {}  # the same budgets' rest, as of the key's last answer
 
 
 class Status(msgspec.Struct, kw_only=True):
@@ -247,13 +246,11 @@ class StatusBoard:
                           if v is not None} for k in gw.config.auth.keys if k.budget}
         out = []
         for i in [k.id for k in gw.config.auth.keys] or ["anonymous"]:
-            usd = [v for (k, b), v in left.items() if k == i and b.startswith("usd")]
-            imgs = left.get((i, "images_per_day"))
+            budget = budgets.get(i, {})
             out.append(KeyStatus(
                 id=i, requests_today=int(api.get((i,), 0)), images_today=int(images.get((i,), 0)),
-                cost_usd_today=round(cost[(i,)], 6) if (i,) in cost else None,
-                budget=budgets.get(i, {}), budget_remaining_usd=round(min(usd), 6) if usd else None,
-                budget_remaining_images=None if imgs is None else int(imgs)))
+                cost_usd_today=round(cost[(i,)], 6) if (i,) in cost else None, budget=budget,
+                budget_left={n: round(left[(i, n)], 6) for n in budget if (i, n) in left}))
         return out
 
 

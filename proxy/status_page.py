@@ -44,8 +44,8 @@ def render(status: Status) -> str:
         f"<style>{STYLE}</style></head><body>",
         "<h1>Imagegate status</h1>",
         f'<p class=meta id=meta>version {escape(status.version)} · up {_duration(status.uptime_s)}'
-        f" (since {escape(status.started_at)}) · {status.workers} worker"
-        f"{'s' if status.workers != 1 else ''} · {escape(status.generated_at)}"
+        f" (since {escape(_when(status.started_at))}) · {status.workers} worker"
+        f"{'s' if status.workers != 1 else ''} · {escape(_when(status.generated_at))}"
         f" · refreshes every {REFRESH_S} s · <a href=/status.json>JSON</a></p>",
         _routes(status),
         _traffic(status),
@@ -65,8 +65,8 @@ def _routes(status: Status) -> str:
     rows = []
     for m in status.models:
         for i, r in enumerate(m.routes):
-            state = r.state + (f" until {r.resting_until}" if r.resting_until else "")
-            failure = (f"{r.last_failure} at {r.last_failure_at}" if r.last_failure
+            state = r.state + (f" until {_when(r.resting_until)}" if r.resting_until else "")
+            failure = (f"{r.last_failure} at {_when(r.last_failure_at)}" if r.last_failure
                        else "—")
             name = (f"{escape(m.name)}" + (f" <span class=muted>({escape(', '.join(m.aliases))})"
                                            "</span>" if m.aliases else "")) if i == 0 else ""
@@ -111,18 +111,26 @@ def _keys(status: Status) -> str:
     rows = []
     for k in status.keys:
         cost = "—" if k.cost_usd_today is None else f"${k.cost_usd_today:.4f}"
-        budget = " · ".join(filter(None, [
-            None if k.budget_remaining_usd is None else f"${k.budget_remaining_usd:.2f}",
-            None if k.budget_remaining_images is None else f"{k.budget_remaining_images} images",
-        ])) or ("no answer yet" if k.budget else "no budget")
-        if k.budget:
-            budget += " of " + ", ".join(f"{v:g} {n.replace('_', ' ')}"
-                                         for n, v in k.budget.items())
+        budget = " · ".join(_budget(name, limit, k.budget_left.get(name))
+                            for name, limit in k.budget.items()) or "no budget"
         rows.append(f"<tr data-key='{escape(k.id)}'><td>{escape(k.id)}</td>"
                     f"<td class=num>{k.requests_today}</td><td class=num>{k.images_today}</td>"
                     f"<td class=num>{cost}</td><td>{escape(budget)}</td></tr>")
     return "<h2>Keys, today (UTC)</h2>" + _table(
         "keys", ["key", "requests", "images", "cost", "budget left"], rows)
+
+
+def _budget(name: str, limit: float, left: float | None) -> str:
+    """`usd_per_day: $0.96 of $1`; before the key's first answer only the budget is known."""
+    def amount(value: float) -> str:
+        return f"${value:.2f}" if name.startswith("usd") else f"{value:g}"
+
+    rest = "not used yet" if left is None else f"{amount(left)} left"
+    return f"{name}: {rest} of {amount(limit)}"
+
+
+def _when(iso: str | None) -> str:
+    return (iso or "").replace("T", " ").replace("+00:00", " UTC")
 
 
 def _seconds(value: float | None) -> str:

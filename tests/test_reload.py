@@ -135,3 +135,24 @@ async def test_admin_keys_reload(gateway: Any, tmp_path: Any, openai_upstream: A
     assert (await client.get("/metrics")).status == 401
     ok = await client.get("/metrics", headers={"Authorization": "Bearer admin-2"})
     assert ok.status == 200
+
+
+async def test_limit_counters_carry_over_a_reload(gateway: Any, tmp_path: Any,
+                                                  openai_upstream: Any) -> None:
+    _, url = openai_upstream
+
+    def limited(rpm: int) -> Any:
+        return config(tmp_path, url, keys=[{"id": "team-a", "key": GATEWAY_KEY,
+                                            "limits": {"requests_per_minute": rpm}}])
+
+    client = await gateway(limited(2))
+    headers = {"Authorization": f"Bearer {GATEWAY_KEY}"}
+    body = {"model": "local", "prompt": "a kite", "size": "16x16"}
+
+    async def status() -> int:
+        resp = await client.post("/v1/images/generations", json=body, headers=headers)
+        return int(resp.status)
+
+    assert [await status() for _ in range(2)] == [200, 200]
+    client.server.app[GENERATIONS].reload(limited(3))  # one more a minute, same window
+    assert [await status() for _ in range(2)] == [200, 429]

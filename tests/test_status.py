@@ -77,7 +77,7 @@ async def test_status_json_after_traffic(gateway: Any, tmp_path: Any,
     assert keys["team-a"] == {"id": "team-a", "requests_today": 7, "images_today": 7,
                               "cost_usd_today": 0.06,  # 6 images at $0.01; gpt-image-1 unpriced
                               "budget": {"usd_per_day": 1.0, "usd_per_month": 5.0},
-                              "budget_remaining_usd": 0.94, "budget_remaining_images": None}
+                              "budget_left": {"usd_per_day": 0.94, "usd_per_month": 4.94}}
     assert keys["team-b"]["requests_today"] == 0
     providers = {p["name"]: p for p in status["providers"]}
     assert providers["dead"] == {"name": "dead", "type": "openai", "in_flight": 0,

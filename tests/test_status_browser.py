@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.gateway_process import gateway_process
 from tests.redis_server import free_port
-from tests.test_prometheus import post
+from tests.test_prometheus import KEYS, post
 
 
 class Rows(HTMLParser):
@@ -57,17 +57,20 @@ def test_chromium_renders_models_routes_and_a_resting_route(tmp_path: Path) -> N
     config.write_text(json.dumps({
         "storage": {"path": str(tmp_path / "images")},
         "routing": {"cooldown_s": 300},
+        "auth": {"keys": [{"id": "team-a", "key": KEYS["team-a"],
+                           "budget": {"usd_per_day": 1, "images_per_day": 100}}]},
         "providers": {"local": {"type": "local"},
                       "upstream": {"type": "openai", "api_key": "sk-x",
                                    "base_url": f"http://127.0.0.1:{free_port()}/v1"}},
-        "models": {"local": {"routes": [{"provider": "local"}]},
+        "models": {"local": {"routes": [{"provider": "local",
+                                         "price": {"per_image": 0.01}}]},
                    "gpt-image-1": {"routes": [{"provider": "upstream"},
                                               {"provider": "local", "priority": 1}]},
                    "seedream": {"routes": [{"provider": "upstream", "model": "seedream-4"}]}},
     }))
     with gateway_process(tmp_path, config) as gw:
         gw.wait_healthy()
-        statuses = [post(gw.base_url, m) for m in ["local"] * 4 + ["seedream"] * 4]
+        statuses = [post(gw.base_url, m, "team-a") for m in ["local"] * 4 + ["seedream"] * 4]
         assert statuses == [200] * 4 + [502] * 3 + [503]  # seedream's only route rests
         url = f"{gw.base_url}/status"
         dom = chromium("--dump-dom", url, profile=tmp_path / "profile")
@@ -87,4 +90,8 @@ def test_chromium_renders_models_routes_and_a_resting_route(tmp_path: Path) -> N
     traffic = {r["data-model"]: r["text"] for r in page.tables["traffic"]}
     assert "502: 75.0%" in traffic["seedream"] and "503: 25.0%" in traffic["seedream"]
     assert [r["data-provider"] for r in page.tables["providers"]] == ["local", "upstream"]
+    [key] = page.tables["keys"]  # 4 images at $0.01; the failures cost nothing
+    assert key["data-key"] == "team-a"
+    assert key["text"] == ("team-a | 8 | 4 | $0.0400 | usd_per_day: $0.96 left of $1.00 · "
+                           "images_per_day: 96 left of 100")
     assert shot.stat().st_size > 10_000 and shot.read_bytes().startswith(b"\x89PNG")
