@@ -28,7 +28,7 @@ from imagegate.adapters.base import (
     ProviderResult,
     UpstreamRequest,
     UpstreamResponse,
-    apply_policy,
+    accept,
     bearer,
     data_url,
     parse_size,
@@ -49,22 +49,35 @@ POLICY: dict[str, Policy] = {
     "input_fidelity": DROP, "user": DROP,
 }
 SEED_RANGE: Final = (-1, 2_147_483_647)
+# The provider account's billing state: the gateway's problem, not the client's. The dispatch
+# loop tries the next route; with none left the client gets 402 naming the state (never the
+# account, which Ark's own message names).
+BILLING: Final[Mapping[str, str]] = {
+    "AccountOverdueError": "The provider account has an overdue balance",
+    "QuotaExceeded": "The provider account is out of quota",
+}
 # Exact Ark error codes whose meaning beats the HTTP status; everything else goes by status.
 ERRORS: Final[Mapping[str, str]] = {
     "AuthenticationError": "upstream_auth_failed",
-    "AccountOverdueError": "upstream_auth_failed",
+    "AccessDenied": "upstream_auth_failed",
     "InvalidEndpointOrModel.NotFound": "upstream_unavailable",
     "ModelNotOpen": "upstream_unavailable",
-    "QuotaExceeded": "insufficient_quota",  # account credit spent: retrying will not help
+    **dict.fromkeys(BILLING, "insufficient_quota"),
 }
 # Fixed texts: an auth or account answer may echo the key or account, so it is never relayed.
 MESSAGES: Final[Mapping[str, str]] = {
     "upstream_auth_failed": "The provider rejected the gateway's credentials",
     "upstream_unavailable": "The provider does not offer this model, or it is not enabled "
                             "for the gateway's account",
-    "insufficient_quota": "The provider account is out of quota",
+    "insufficient_quota": "The provider account cannot be billed",
 }
-SAFETY: Final = "SensitiveContentDetected"  # Input/Output Text/Image ...SensitiveContentDetected
+# Refusals: Input/Output Text/Image ...SensitiveContentDetected (the model's own check) and
+# the content-security service's Input/Output{Text,Image}RiskDetection, dotted variants too.
+SAFETY: Final = ("SensitiveContentDetected", "RiskDetection")
+
+
+def is_safety(code: str) -> bool:
+    return any(marker in code for marker in SAFETY)
 
 
 def _reject(param: str, message: str) -> GatewayError:
@@ -100,16 +113,32 @@ def fit_sides(width: int, height: int, *, low: int, high: int) -> tuple[int, int
     return fitted
 
 
-SEEDREAM_4 = Family("Seedream 4", "2K", {"1K": "1K", "2K": "2K", "4K": "4K"},
-                    partial(fit_pixels, low=1280 * 720, high=4096 * 4096), False, (0, 14))
+SEEDREAM_4 = Family("Seedream 4.0", "2K", {"1K": "1K", "2K": "2K", "4K": "4K"},
+                    partial(fit_pixels, low=1280 * 720, high=4096 * 4096), False, (0, 14),
+                    substitutes={"3K": "4K"})
+# 4.5 and 5.0 refuse anything under 2560x1440 pixels ("image size must be at least 3686400
+# pixels"): OpenAI's 1024-class sizes scale up, keeping the ratio, and are named.
+MIN_PIXELS_45: Final = 2560 * 1440
+SEEDREAM_4_5 = Family("Seedream 4.5", "2K", {"2K": "2K", "4K": "4K"},
+                      partial(fit_pixels, low=MIN_PIXELS_45, high=4096 * 4096), False, (0, 14),
+                      substitutes={"1K": "2K", "3K": "4K"})
+SEEDREAM_5 = Family("Seedream 5.0", "2K", {"2K": "2K", "3K": "3K"},
+                    partial(fit_pixels, low=MIN_PIXELS_45, high=10_404_496), False, (0, 14),
+                    substitutes={"1K": "2K", "4K": "3K"}, formats=frozenset({"png", "jpeg"}))
+# 5.0 Pro tops out at 2K (2048x2048 pixels) [3p]: only the range both sources allow is sent.
+SEEDREAM_5_PRO = Family("Seedream 5.0 Pro", "2K", {"2K": "2K"},
+                        partial(fit_pixels, low=MIN_PIXELS_45, high=2048 * 2048), False, (0, 10),
+                        substitutes={"1K": "2K", "3K": "2K", "4K": "2K"},
+                        formats=frozenset({"png", "jpeg"}))
 SEEDREAM_3_T2I = Family("Seedream 3.0 t2i", "1024x1024",
                         {"1K": "1024x1024", "2K": "2048x2048"},
                         partial(fit_sides, low=512, high=2048), True, (0, 0))
 SEEDEDIT = Family("SeedEdit", "adaptive", {"ADAPTIVE": "adaptive"}, None, True, (1, 1))
 # First match on a substring of the model id wins; anything else (ep-… endpoint ids,
-# future models) is treated as Seedream 4, the current generation.
+# unknown models) is treated as Seedream 4.0, whose range is the widest.
 FAMILIES: Final = (("seededit", SEEDEDIT), ("seedream-3-0-t2i", SEEDREAM_3_T2I),
-                   ("seedream-4", SEEDREAM_4), ("seedream-5", SEEDREAM_4))
+                   ("seedream-4-5", SEEDREAM_4_5), ("seedream-5-0-pro", SEEDREAM_5_PRO),
+                   ("seedream-5", SEEDREAM_5), ("seedream-4", SEEDREAM_4))
 
 
 def family_of(model: str) -> Family:
@@ -129,6 +158,9 @@ def encode_size(size: str | None, family: Family) -> tuple[str, bool]:
     named = family.named_sizes.get(size.upper())
     if named is not None:
         return named, False
+    substitute = family.substitutes.get(size.upper())
+    if substitute is not None:  # a tier this family lacks: the nearest one it has, named
+        return substitute, True
     if family.fit is None:
         return family.default_size, True
     parsed = parse_size(size)
@@ -158,7 +190,8 @@ def _seed(req: ImageRequest, family: Family) -> int | UnsetType:
 
 
 def encode_request(req: ImageRequest) -> UpstreamRequest:
-    dropped = list(apply_policy(req, POLICY))
+    req, first = accept(req, POLICY)
+    dropped = list(first)
     family = family_of(req.model)
     _check_images(req, family)
     size, changed = encode_size(req.size, family)
@@ -167,8 +200,11 @@ def encode_request(req: ImageRequest) -> UpstreamRequest:
     if req.seed is not None and not family.seed:
         dropped.append("seed")
     urls = [data_url(image) for image in req.images]
+    # 5.0 makes png/jpeg itself; otherwise (4.x JPEG, webp) the gateway transcodes
+    fmt = req.output_format if req.output_format in family.formats else UNSET
     body = ArkImageRequest(
         model=req.model, prompt=req.prompt, size=size, seed=_seed(req, family),
+        output_format=fmt or UNSET,
         image=(urls[0] if len(urls) == 1 else urls) if urls else UNSET,
         response_format="b64_json", watermark=req.watermark,
     )
@@ -183,9 +219,11 @@ def map_error(status: int, body: bytes, headers: Mapping[str, str]) -> GatewayEr
         err = ArkError()  # not Ark's JSON (a proxy's HTML page): the status is all we know
     code, message = err.code, safe_message(err.message)
     retry_after = headers.get("retry-after")
-    if SAFETY in code:
+    if is_safety(code):
         return GatewayError("content_policy_violation",
                             message or "The provider refused the request for safety reasons.")
+    if code in BILLING:
+        return GatewayError("insufficient_quota", f"{BILLING[code]} ({code}).")
     mapped = ERRORS.get(code) or ("upstream_auth_failed" if status in (401, 403) else
                                   "upstream_unavailable" if status == 404 else None)
     if mapped is not None:
@@ -208,7 +246,7 @@ def _mime(b64: str) -> str:
 
 def _no_image(items: list[ArkImage]) -> GatewayError:
     codes = sorted({item.error.code for item in items if item.error is not None})
-    if any(SAFETY in code for code in codes):
+    if any(is_safety(code) for code in codes):
         return GatewayError("content_policy_violation", "The provider's safety system blocked "
                                                         f"the image ({', '.join(codes)}).")
     detail = f" ({', '.join(codes)})" if codes else ""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -14,6 +14,7 @@ class ArkImageRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     image: str | list[str] | UnsetType = UNSET  # data URLs; a bare string for one image
     size: str | UnsetType = UNSET
     seed: int | UnsetType = UNSET
+    output_format: str | UnsetType = UNSET  # Seedream 5.0 only: png | jpeg (4.x answer JPEG)
     # Required (no default) so omit_defaults always sends them: Ark's own defaults are `url`
     # and watermark=true. b64 saves the proxy a download, and it hosts images for url clients.
     response_format: str
@@ -61,3 +62,5 @@ class Family:
     fit: Callable[[int, int], tuple[int, int]] | None  # None: WxH is never sent (SeedEdit)
     seed: bool
     images: tuple[int, int]  # allowed input image count, inclusive
+    substitutes: Mapping[str, str] = field(default_factory=dict)  # tiers it lacks (named)
+    formats: frozenset[str] = frozenset()  # output_format values the model makes itself

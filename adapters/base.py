@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import msgspec
-from imagegate.config.api import Usage
+from imagegate.config.api import KNOWN_VALUES, Usage
 from imagegate.config.errors import GatewayError
 from imagegate.config.images import InputImage
 
@@ -111,6 +111,9 @@ class Adapter:
     render: Callable[[ImageRequest], ProviderResult] | None = None  # offline providers
     passthrough: bool = False  # OpenAI-native: the request is forwarded as bytes, not encoded
     policy: Mapping[str, Policy] = field(default_factory=dict)
+    # Given a call and its answer, a changed call to send once instead (e.g. OpenRouter's
+    # image-only models asked for text too); None: the answer stands.
+    retry: Callable[[ImageRequest, UpstreamResponse], UpstreamRequest | None] | None = None
 
 
 # --- policies -------------------------------------------------------------------------------
@@ -130,6 +133,27 @@ def apply_policy(req: ImageRequest, policy: Mapping[str, Policy]) -> tuple[str, 
             )
         dropped.append(name)
     return tuple(dropped)
+
+
+def unknown_values(req: ImageRequest) -> tuple[str, ...]:
+    """Enumerated fields holding a value the gateway does not know (OpenAI may have added it)."""
+    return tuple(name for name, known in KNOWN_VALUES.items()
+                 if (value := getattr(req, name, None)) is not None and value not in known)
+
+
+def accept(req: ImageRequest, policy: Mapping[str, Policy]
+           ) -> tuple[ImageRequest, tuple[str, ...]]:
+    """An adapter's first step: unknown enum values are cleared and named dropped (an adapted
+    provider cannot honour them), then the policy names or refuses what the provider lacks."""
+    unknown = unknown_values(req)
+    if unknown:
+        req = msgspec.structs.replace(req, **dict.fromkeys(unknown))
+    return req, unknown + apply_policy(req, policy)
+
+
+def merge_dropped(*groups: Sequence[str]) -> tuple[str, ...]:
+    """Dropped-param names in first-seen order, each once."""
+    return tuple(dict.fromkeys(name for group in groups for name in group))
 
 
 # --- sizes ----------------------------------------------------------------------------------
@@ -157,12 +181,6 @@ def nearest_ratio(width: int, height: int, ratios: Sequence[str] = ASPECT_RATIOS
         return abs(math.log(int(a) / int(b)) - target)
 
     return min(ratios, key=distance)
-
-
-def image_size_class(width: int, height: int) -> str:
-    """1K / 2K / 4K from the longer side."""
-    longer = max(width, height)
-    return "1K" if longer <= 1536 else "2K" if longer <= 3072 else "4K"
 
 
 # --- images ---------------------------------------------------------------------------------

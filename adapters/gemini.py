@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Final
 
 import msgspec
-from imagegate.adapters.aspect import image_shape
+from imagegate.adapters.aspect import image_shape, profile_of
 from imagegate.adapters.base import (
     DROP,
     REJECT,
@@ -19,7 +19,7 @@ from imagegate.adapters.base import (
     ProviderResult,
     UpstreamRequest,
     UpstreamResponse,
-    apply_policy,
+    accept,
     safe_message,
     status_error,
 )
@@ -39,7 +39,7 @@ from imagegate.adapters.gemini_wire import (
 )
 from imagegate.config.api import Usage
 from imagegate.config.errors import GatewayError
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET
 
 CAPABILITIES = Capabilities(generate=True, edit=True, mask=False, images_per_call=1)
 POLICY: dict[str, Policy] = {
@@ -84,8 +84,10 @@ def auth_headers(api_key: str) -> dict[str, str]:
 
 
 def encode_request(req: ImageRequest) -> UpstreamRequest:
-    dropped = apply_policy(req, POLICY)
-    shape = image_shape(req.size, req.quality)
+    req, dropped = accept(req, POLICY)
+    # Gemini 3 takes imageSize (512 on 3.1 Flash, 1K/2K/4K); Gemini 2.5 has none: its shape
+    # has no tier, and a size that is not ~1 MP is named dropped
+    shape = image_shape(req.size, req.quality, profile_of(req.model))
     parts = [GeminiPart(text=req.prompt)]
     parts += [GeminiPart(inline_data=GeminiBlob(image.mime, base64.b64encode(image.data).decode()))
               for image in req.images]
@@ -164,10 +166,10 @@ def no_image(parsed: GeminiResponse) -> GatewayError:
     return GatewayError("no_image", f"The model answered without an image ({detail}).")
 
 
-def _by_modality(counts: list[GeminiModalityCount] | None) -> dict[str, int] | UnsetType:
+def _by_modality(counts: list[GeminiModalityCount] | None) -> dict[str, int]:
+    sums = dict.fromkeys(MODALITIES.values(), 0)  # zeros where Google reports no breakdown
     if counts is None:
-        return UNSET
-    sums = dict.fromkeys(MODALITIES.values(), 0)
+        return sums
     for count in counts:
         if count.modality in MODALITIES:
             sums[MODALITIES[count.modality]] += count.token_count

@@ -75,7 +75,7 @@ def render(req: ImageRequest) -> ProviderResult:
     inputs = [_decode_size(x.data) for x in req.images]
     return ProviderResult(
         images=made, created=0, usage=_usage(req, side, len(made), inputs),
-        size=f"{side[0]}x{side[1]}", quality=_quality(req.quality),
+        size=_reported_size(side), quality=_quality(req.quality),
         background="transparent" if transparent else "opaque", output_format=fmt)
 
 
@@ -276,6 +276,15 @@ def _encode_one(img: Image.Image, fmt: str, compression: int | None) -> str:
 # gpt-image-1's output tokens for a 1024x1024 image by quality (OpenAI's pricing table); other
 # sizes scale with their pixels. `auto` is reported as what it stood for: high.
 OUTPUT_TOKENS_1024 = {"low": 272, "medium": 1056, "high": 4160}
+
+
+SCHEMA_SIZES = ("1024x1024", "1024x1536", "1536x1024")  # what OpenAI's answer schema allows
+
+
+def _reported_size(side: tuple[int, int]) -> str | None:
+    """The answer's `size`: only one of the schema's values (other sizes leave it out)."""
+    size = f"{side[0]}x{side[1]}"
+    return size if size in SCHEMA_SIZES else None
 
 
 def _quality(asked: str | None) -> str:

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from typing import Final
 
 import msgspec
-from imagegate.adapters.aspect import image_shape
+from imagegate.adapters.aspect import image_shape, profile_of
 from imagegate.adapters.base import (
     DROP,
     REJECT,
@@ -17,7 +17,7 @@ from imagegate.adapters.base import (
     ProviderResult,
     UpstreamRequest,
     UpstreamResponse,
-    apply_policy,
+    accept,
     bearer,
     data_url,
     safe_message,
@@ -35,6 +35,18 @@ POLICY: dict[str, Policy] = {
     "background": DROP, "style": DROP, "moderation": DROP,
     "seed": DROP, "input_fidelity": DROP,
 }
+# Models whose output is images only: asked for ["image", "text"] OpenRouter answers 404 "No
+# endpoints found that support the requested output modalities: image, text".
+IMAGE_ONLY_PREFIXES: Final = ("black-forest-labs/", "sourceful/", "bytedance-seed/",
+                              "openai/gpt-image-", "openai/chatgpt-image")
+MODALITIES_404: Final = "output modalities"
+# Models found image-only at run time (that 404, then a good answer to ["image"]): asked for
+# ["image"] from then on, for the process's life. Grows by at most one id per configured model.
+LEARNED_IMAGE_ONLY: set[str] = set()
+# OpenRouter's image_size names for the shared tiers
+IMAGE_SIZES: Final[Mapping[str, str]] = {"512": "0.5K", "1K": "1K", "2K": "2K", "4K": "4K"}
+# metadata.error_type values of a refusal (a 400 or 403 from the serving provider's filter)
+REFUSALS: Final = frozenset({"content_policy_violation", "refusal", "moderation"})
 # finish_reason / native_finish_reason values meaning a safety refusal. native_* relays the
 # serving provider's own word: OpenAI-style `content_filter`, Google's enum names.
 SAFETY_FINISH: Final = frozenset({
@@ -102,6 +114,7 @@ class OpenRouterUsage(msgspec.Struct):
 
 class OpenRouterErrorMetadata(msgspec.Struct):
     reasons: list[str] | None = None  # 403 moderation; `flagged_input` is never read
+    error_type: str | None = None  # e.g. content_policy_violation, refusal, region_restricted
 
 
 class OpenRouterError(msgspec.Struct):
@@ -126,20 +139,42 @@ _decode = msgspec.json.Decoder(OpenRouterChatResponse).decode
 _decode_error = msgspec.json.Decoder(OpenRouterErrorEnvelope).decode
 
 
+def is_image_only(model: str) -> bool:
+    """Whether OpenRouter must be asked for ["image"] alone for this model."""
+    return model.lower().startswith(IMAGE_ONLY_PREFIXES) or model in LEARNED_IMAGE_ONLY
+
+
 def encode_request(req: ImageRequest) -> UpstreamRequest:
-    dropped = apply_policy(req, POLICY)
-    shape = image_shape(req.size, req.quality)
+    req, dropped = accept(req, POLICY)
+    shape = image_shape(req.size, req.quality, profile_of(req.model))
+    size = IMAGE_SIZES[shape.image_size] if shape.image_size else None
     config = OpenRouterImageConfig(aspect_ratio=shape.aspect_ratio or UNSET,
-                                   image_size=shape.image_size or UNSET)
+                                   image_size=size or UNSET)
     parts: list[OpenRouterTextPart | OpenRouterImagePart] = [OpenRouterTextPart(req.prompt)]
     parts += [OpenRouterImagePart(OpenRouterImageURL(data_url(image))) for image in req.images]
+    image_only = req.image_only or is_image_only(req.model)
     body = OpenRouterChatRequest(
         model=req.model, messages=[OpenRouterMessage(parts)],
-        modalities=["image"] if req.image_only else ["image", "text"],
-        image_config=config if shape.aspect_ratio or shape.image_size else UNSET,
+        modalities=["image"] if image_only else ["image", "text"],
+        image_config=config if shape.aspect_ratio or size else UNSET,
         user=req.user or UNSET,
     )
     return UpstreamRequest(path=PATH, body=_encode(body), dropped=dropped + shape.dropped)
+
+
+def retry(req: ImageRequest, resp: UpstreamResponse) -> UpstreamRequest | None:
+    """The same call asked for ["image"] when OpenRouter says the model makes no text; the
+    model is remembered as image-only. Any other answer stands."""
+    if resp.status != 404 or req.image_only or is_image_only(req.model):
+        return None
+    try:
+        err = _decode_error(resp.body).error
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if err is None or MODALITIES_404 not in err.message.lower():
+        return None
+    LEARNED_IMAGE_ONLY.add(req.model)
+    return encode_request(msgspec.structs.replace(req, image_only=True))
 
 
 def _moderation(err: OpenRouterError) -> GatewayError:
@@ -149,13 +184,36 @@ def _moderation(err: OpenRouterError) -> GatewayError:
                         f"The provider's moderation flagged the input{detail}.")
 
 
+def _forbidden(err: OpenRouterError) -> GatewayError:
+    """A 403 is moderation, a guardrail block, a missing permission or region_restricted: the
+    first two refuse the content; the others are the gateway's account, so another route may
+    answer. The flagged input is never echoed."""
+    meta = err.metadata or OpenRouterErrorMetadata()
+    kind, text = (meta.error_type or "").lower(), err.message.lower()
+    if meta.reasons or kind in REFUSALS or "flagged" in text:
+        return _moderation(err)
+    if "guardrail" in kind or "guardrail" in text or text.startswith("request blocked"):
+        return GatewayError("content_policy_violation",
+                            "The provider's guardrail blocked the request.")
+    why = "region_restricted" if "region" in kind or "region" in text else "permission"
+    return GatewayError("upstream_unavailable", "The provider refused the gateway's account "
+                        f"for this model ({why}).")
+
+
 def map_error(status: int, err: OpenRouterError, headers: Mapping[str, str]) -> GatewayError:
     """OpenRouter's error (HTTP or inside a 200) -> the gateway's; auth text is never relayed."""
     retry_after = headers.get("retry-after")
+    kind = (err.metadata.error_type or "").lower() if err.metadata else ""
     if status == 403:
-        return _moderation(err)
+        return _forbidden(err)
+    if status == 402:  # the account's credit: a billing state, another route may answer
+        return GatewayError("insufficient_quota", "The provider account is out of credit "
+                            "(HTTP 402).")
     if status == 404:  # the configured model id is unknown or offers no image output
         return GatewayError("upstream_unavailable", "The provider does not offer this model.")
+    if status == 400 and kind in REFUSALS:
+        return GatewayError("content_policy_violation",
+                            "The provider refused the request for safety reasons.")
     if status == 400:
         return status_error(400, safe_message(err.message))
     # 429's text is often "Provider returned error"; metadata.raw holds the upstream body.
@@ -194,7 +252,9 @@ def _usage(usage: OpenRouterUsage | None) -> Usage | None:
     images = None if details is None else details.image_tokens
     return Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
                  total_tokens=usage.total_tokens,
-                 output_tokens_details=UNSET if images is None else {"image_tokens": images})
+                 output_tokens_details=UNSET if images is None else {
+                     "image_tokens": images,
+                     "text_tokens": max(0, usage.completion_tokens - images)})
 
 
 def decode_response(resp: UpstreamResponse) -> ProviderResult:
@@ -220,4 +280,5 @@ def decode_response(resp: UpstreamResponse) -> ProviderResult:
 
 
 ADAPTER = Adapter(type="openrouter", capabilities=CAPABILITIES, encode_request=encode_request,
-                  decode_response=decode_response, auth_headers=bearer, policy=POLICY)
+                  decode_response=decode_response, auth_headers=bearer, policy=POLICY,
+                  retry=retry)

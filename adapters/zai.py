@@ -17,7 +17,7 @@ from imagegate.adapters.base import (
     ProviderResult,
     UpstreamRequest,
     UpstreamResponse,
-    apply_policy,
+    accept,
     bearer,
     nearest_ratio,
     parse_size,
@@ -36,7 +36,8 @@ POLICY: dict[str, Policy] = {
     "seed": DROP, "input_fidelity": DROP,
 }
 QUALITY: Final[Mapping[str, str]] = {
-    "high": "hd", "hd": "hd", "low": "standard", "medium": "standard", "standard": "standard",
+    "max": "hd", "xhigh": "hd", "high": "hd", "hd": "hd",
+    "low": "standard", "medium": "standard", "standard": "standard",
 }
 USER_ID_LENGTH: Final = (6, 128)
 # Business codes (numeric strings), first match wins: specific codes before their ranges.
@@ -151,7 +152,8 @@ def encode_request(req: ImageRequest) -> UpstreamRequest:
     if req.operation == "edit" or req.images:
         raise GatewayError("invalid_value", f"Model {req.model!r} does not support image "
                                             "editing.", param="image")
-    dropped = list(apply_policy(req, POLICY))
+    req, first = accept(req, POLICY)
+    dropped = list(first)
     family = family_of(req.model)
     size, changed = encode_size(req.size, family)
     quality = QUALITY.get(req.quality or "", UNSET)

@@ -113,7 +113,8 @@ async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequ
     decode = adapter.decode_response
     assert decode is not None
 
-    async def one(up: UpstreamRequest) -> ProviderResult:
+    async def exchange(up: UpstreamRequest, last: bool) -> ProviderResult | UpstreamRequest:
+        """One call's decoded answer, or the changed call the adapter asks to send instead."""
         headers = {"Content-Type": up.content_type, **up.headers}
         async with upstream.attempt(state.name, req.model, up.path, data=up.body,
                                     headers=headers, method=up.method) as call:
@@ -122,8 +123,17 @@ async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequ
             received = UpstreamResponse(status=resp.status, body=body,
                                         headers={k.lower(): v for k, v in resp.headers.items()},
                                         received_at=int(time.time()))
+            again = None if last or adapter.retry is None else adapter.retry(req, received)
             # decoded inside the attempt: its log line carries the provider's error message
-            return decode(received)
+            return again if again is not None else decode(received)
+
+    async def one(up: UpstreamRequest) -> ProviderResult:
+        first = await exchange(up, last=False)
+        if isinstance(first, ProviderResult):
+            return first
+        done = await exchange(first, last=True)  # once (OpenRouter's image-only modalities)
+        assert isinstance(done, ProviderResult)
+        return done
 
     outcomes = await asyncio.gather(*(one(up) for up in encoded), return_exceptions=True)
     results = [o for o in outcomes if isinstance(o, ProviderResult)]

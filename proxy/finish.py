@@ -100,7 +100,10 @@ class Finisher:
             except (OSError, ValueError, PILImage.DecompressionBombError):
                 raise bad_image() from None
         if req.response_format == "url":
-            return Image(url=await self.host(data, mime, base_url), revised_prompt=revised)
+            # a stream's completed event carries b64_json always (OpenAI's schema), url beside
+            b64 = base64.b64encode(data).decode() if req.stream else msgspec.UNSET
+            return Image(url=await self.host(data, mime, base_url), b64_json=b64,
+                         revised_prompt=revised)
         return Image(b64_json=base64.b64encode(data).decode(), revised_prompt=revised)
 
     async def host(self, data: bytes, mime: str, base_url: str) -> str:

@@ -83,10 +83,12 @@ def add_usage(total: Usage | None, more: Usage | None) -> Usage | None:
     for part in (total.input_tokens_details, more.input_tokens_details):
         for kind, value in (part if isinstance(part, dict) else {}).items():
             details[kind] = details.get(kind, 0) + value
-    return Usage(input_tokens=total.input_tokens + more.input_tokens,
-                 output_tokens=total.output_tokens + more.output_tokens,
-                 total_tokens=total.total_tokens + more.total_tokens,
-                 input_tokens_details=details or msgspec.UNSET)
+    summed = Usage(input_tokens=total.input_tokens + more.input_tokens,
+                   output_tokens=total.output_tokens + more.output_tokens,
+                   total_tokens=total.total_tokens + more.total_tokens)
+    if details:  # else Usage's zeros: OpenAI's schema requires the field
+        summed.input_tokens_details = details
+    return summed
 
 
 class Tally:

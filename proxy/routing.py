@@ -17,9 +17,12 @@ from imagegate.middlewares.metrics import Metrics
 
 FAILURES_BEFORE_REST = 3  # consecutive failures that send a pair to rest for cooldown_s
 MAX_RETRY_AFTER_S = 3600.0  # a provider's retry-after beyond this is read as this
-# codes a provider's failure can answer; a request failing so may be tried on the next route
+# codes a provider's failure can answer; a request failing so may be tried on the next route.
+# insufficient_quota is the provider account's billing state (Ark AccountOverdueError and
+# QuotaExceeded, OpenRouter 402, Z.AI 1113, OpenAI's exceeded quota): the gateway's problem, so
+# the next route is tried and the client gets 402 only when none is left.
 RETRYABLE = frozenset({"upstream_unavailable", "upstream_timeout", "upstream_auth_failed",
-                       "upstream_rate_limited"})
+                       "upstream_rate_limited", "insufficient_quota"})
 RESTS_ON_RETRY_AFTER = frozenset({"upstream_rate_limited", "upstream_unavailable"})  # 429, 503
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -16,6 +17,7 @@ from imagegate.config.api import ErrorBody, Image, ImagesResponse, ImageStreamEv
 from imagegate.config.errors import GatewayError
 from imagegate.config.images import sniff_mime
 from imagegate.middlewares.redact import scrub
+from PIL import Image as PILImage
 
 KEEPALIVE = b": keep-alive\n\n"
 log = structlog.get_logger("imagegate.sse")
@@ -32,28 +34,45 @@ def frame(event: str, data: bytes) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
 
 
-def format_of(image: Image, req: ImageRequest) -> str:
-    """The real format of a b64 image (a provider may answer JPEG where none was asked)."""
-    if isinstance(image.b64_json, str):
-        mime = sniff_mime(base64.b64decode(image.b64_json[:24]))
-        if mime is not None:
-            return mime.split("/")[1]
-    return req.output_format or "png"
+# OpenAI's ImageGenCompletedEvent / ImageEditCompletedEvent enums (openai-openapi, 2026-08):
+# values outside them break clients generated from the spec, so each field keeps to them.
+EVENT_SIZES = frozenset({"1024x1024", "1024x1536", "1536x1024"})
+EVENT_QUALITY = {"low": "low", "medium": "medium", "high": "high", "auto": "auto",
+                 "standard": "medium", "hd": "high", "xhigh": "high", "max": "high"}
+EVENT_BACKGROUNDS = frozenset({"transparent", "opaque", "auto"})
+FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp"}
+
+
+def describe(image: Image, req: ImageRequest) -> tuple[str, str]:
+    """(size, output_format) of the image actually made: its real WxH when that is one of
+    the schema's sizes (else `auto`, the schema's word for "the model chose"), its real
+    format from its bytes."""
+    try:
+        data = base64.b64decode(image.b64_json) if isinstance(image.b64_json, str) else b""
+        with PILImage.open(io.BytesIO(data)) as opened:  # reads the header only
+            width, height = opened.size
+    except (ValueError, OSError):  # binascii.Error is a ValueError
+        return "auto", req.output_format if req.output_format in ("png", "jpeg", "webp") \
+            else "png"
+    size = f"{width}x{height}"
+    return (size if size in EVENT_SIZES else "auto",
+            FORMATS.get(sniff_mime(data[:16]) or "", "png"))
 
 
 def completed_events(body: ImagesResponse, kind: str, req: ImageRequest,
                      partials: list[list[str]] | None = None) -> list[bytes]:
-    """One `completed` event per image, each after its partial renders (when the provider made
-    them): `partial_image` events, coarse to fine, as OpenAI streams them."""
+    """One `*.completed` event per image with every field OpenAI's schema requires: b64_json
+    always (a `url` answer adds its link beside it), usage on the last; before each, its
+    partial renders (when the provider made them) as `partial_image` events, coarse to fine."""
     frames = []
     last = len(body.data) - 1
-    size = body.size if isinstance(body.size, str) else req.size or "auto"
-    quality = body.quality if isinstance(body.quality, str) else req.quality or "auto"
-    background = body.background if isinstance(body.background, str) else (
-        req.background or "auto")
+    usage = body.usage if isinstance(body.usage, Usage) else Usage()
+    said_quality = body.quality if isinstance(body.quality, str) else req.quality
+    quality = EVENT_QUALITY.get(said_quality or "auto", "auto")
+    said_background = body.background if isinstance(body.background, str) else req.background
+    background = said_background if said_background in EVENT_BACKGROUNDS else "auto"
     for i, image in enumerate(body.data):
-        usage = body.usage if isinstance(body.usage, Usage) else Usage()
-        fmt = format_of(image, req)
+        size, fmt = describe(image, req)
         for k, partial in enumerate(partials[i] if partials and i < len(partials) else []):
             event = ImageStreamEvent(
                 type=f"{kind}.partial_image", b64_json=partial, created_at=body.created,

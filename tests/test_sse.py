@@ -36,7 +36,8 @@ async def test_slow_provider_gets_keepalives_then_the_image(aiohttp_client: Any)
     assert resp.headers["Content-Type"] == "text/event-stream"
     assert resp.headers["x-imagegate-dropped-params"] == "style"
     assert text.count(": keep-alive") >= 2
-    assert text.endswith('"usage":{"input_tokens":0,"output_tokens":0,"total_tokens":0}}\n\n')
+    assert text.endswith('"usage":{"input_tokens":0,"output_tokens":0,"total_tokens":0,'
+                         '"input_tokens_details":{"text_tokens":0,"image_tokens":0}}}\n\n')
     assert "event: image_generation.completed" in text and '"created_at":5' in text
 
 

@@ -35,7 +35,8 @@ def test_adapter_declares_one_image_per_call() -> None:
 
 def request(**fields: Any) -> ImageRequest:
     fields.setdefault("operation", "generate")
-    return ImageRequest(model="doubao-seedream-4-0-250828", prompt="a fox", **fields)
+    fields.setdefault("model", "doubao-seedream-4-0-250828")
+    return ImageRequest(prompt="a fox", **fields)
 
 
 async def test_mock_b64_answer_is_a_real_jpeg(aiohttp_server: Any) -> None:
@@ -119,3 +120,57 @@ async def test_mock_wrong_key_is_upstream_auth_failed(aiohttp_server: Any) -> No
     with pytest.raises(GatewayError) as info:
         ark.decode_response(answer)
     assert (info.value.status, info.value.code) == (502, "upstream_auth_failed")
+
+
+@pytest.mark.parametrize("model", ["doubao-seedream-4-5-251128", "doubao-seedream-5-0-260128",
+                                   "doubao-seedream-5-0-pro-260628"])
+@pytest.mark.parametrize("size", ["1024x1024", "1536x1024", "1024x1536", "1K", "2K", "3K", "4K",
+                                  "auto", None])
+async def test_mock_takes_every_openai_size_on_seedream_45_and_5(
+        aiohttp_server: Any, model: str, size: str | None) -> None:
+    """Sent as-is these sizes are 400 "image size must be at least 3686400 pixels"."""
+    recorder = Recorder()
+    server = await aiohttp_server(make_app(recorder))
+    sent = ark.encode_request(request(model=model, size=size))
+    assert ark.decode_response(await call(server, sent, AUTH)).images
+    width, _, height = recorder.requests[0].json["size"].partition("x")
+    if height:
+        assert int(width) * int(height) >= 2560 * 1440
+        asked = (1024, 1024) if size == "1024x1024" else (1536, 1024) if size == "1536x1024" \
+            else (1024, 1536)
+        assert abs(int(width) / int(height) - asked[0] / asked[1]) < 0.01  # ratio kept
+    assert ("size" in sent.dropped) == (size not in (None, "auto", "2K")
+                                        and not (size == "3K" and "5-0-2" in model)
+                                        and not (size == "4K" and "4-5" in model))
+
+
+def test_seedream_45_keeps_the_old_minimum_off_4_0() -> None:
+    sent = ark.encode_request(request(size="1024x1024"))  # 4.0: 1280x720 minimum
+    assert json.loads(sent.body)["size"] == "1024x1024" and sent.dropped == ()
+
+
+async def test_mock_seedream_5_makes_the_asked_png_itself(aiohttp_server: Any) -> None:
+    recorder = Recorder()
+    server = await aiohttp_server(make_app(recorder))
+    sent = ark.encode_request(request(model="doubao-seedream-5-0-260128", output_format="png"))
+    result = ark.decode_response(await call(server, sent, AUTH))
+    assert recorder.requests[0].json["output_format"] == "png"
+    assert result.images[0].mime == "image/png"
+    sent = ark.encode_request(request(model="doubao-seedream-4-5-251128", output_format="png"))
+    assert "output_format" not in json.loads(sent.body)  # 4.5 would refuse it
+
+
+@pytest.mark.parametrize(("mode", "status", "code", "lacks"), [
+    ("overdue", 402, "insufficient_quota", "2100123"),
+    ("quota", 402, "insufficient_quota", "free quota"),
+    ("risk", 400, "content_policy_violation", API_KEY),
+])
+async def test_mock_billing_states_and_content_security(aiohttp_server: Any, mode: str,
+                                                        status: int, code: str,
+                                                        lacks: str) -> None:
+    server = await aiohttp_server(make_app(Recorder(mode=mode)))
+    answer = await call(server, ark.encode_request(request()), AUTH)
+    with pytest.raises(GatewayError) as info:
+        ark.decode_response(answer)
+    assert (info.value.status, info.value.code) == (status, code)
+    assert lacks not in info.value.message

@@ -16,7 +16,7 @@ from tests.upstreams.gemini import API_KEY, DRAFT_PNG, FINAL_PNG, JPEG, Recorder
 CASES = load_cases("gemini")
 OPENAI_SIZES = ("256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024",
                 "1024x1792", "auto")
-MODEL = "gemini-2.5-flash-image"
+MODEL = "gemini-3-pro-image"
 AUTH = gemini.auth_headers(API_KEY)
 NOW = 1700000000  # received_at stamped on a mock answer, so its created is checkable
 
@@ -59,13 +59,15 @@ async def test_mock_generation_returns_a_real_png(aiohttp_server: Any) -> None:
     seen = recorder.requests[0]
     assert seen.path == f"/models/{MODEL}:generateContent"
     assert seen.headers["x-goog-api-key"] == API_KEY and "Authorization" not in seen.headers
+    # 1024x1792 is 1.8 MP: the 1K tier (~1 MP), not 2K (~4 MP); quality beside a size is named
     assert seen.json["generationConfig"]["imageConfig"] == {"aspectRatio": "9:16",
-                                                            "imageSize": "2K"}
+                                                            "imageSize": "1K"}
+    assert sent.dropped == ("quality",)
 
 
 async def test_mock_thought_images_are_skipped(aiohttp_server: Any) -> None:
     server = await aiohttp_server(make_app(Recorder(mode="thought")))
-    sent = gemini.encode_request(request(model="gemini-3-pro-image-preview"))
+    sent = gemini.encode_request(request(model="gemini-3-pro-image"))
     result = gemini.decode_response(await call(server, sent, AUTH))
     assert len(result.images) == 1 and decoded(result) == FINAL_PNG != DRAFT_PNG
     assert result.images[0].revised_prompt == "Here is the final image."
@@ -142,3 +144,31 @@ async def test_mock_unknown_model_is_upstream_unavailable(aiohttp_server: Any) -
     with pytest.raises(GatewayError) as info:
         gemini.decode_response(answer)
     assert (info.value.status, info.value.code) == (502, "upstream_unavailable")
+
+
+@pytest.mark.parametrize(("model", "size", "config"), [
+    ("gemini-3.1-flash-image", "512x512", {"aspectRatio": "1:1", "imageSize": "512"}),
+    ("gemini-3.1-flash-image", "1024x4096", {"aspectRatio": "1:4", "imageSize": "2K"}),
+    ("gemini-3.1-flash-image", "1792x1024", {"aspectRatio": "16:9", "imageSize": "1K"}),
+    ("gemini-3-pro-image", "512x512", {"aspectRatio": "1:1", "imageSize": "1K"}),
+    ("gemini-3-pro-image", "2752x1536", {"aspectRatio": "16:9", "imageSize": "2K"}),
+    ("gemini-3.1-flash-lite-image", "4096x1024", {"aspectRatio": "21:9", "imageSize": "2K"}),
+])
+async def test_mock_takes_each_models_own_tiers_and_ratios(aiohttp_server: Any, model: str,
+                                                           size: str,
+                                                           config: dict[str, str]) -> None:
+    recorder = Recorder()
+    server = await aiohttp_server(make_app(recorder))
+    sent = gemini.encode_request(request(model=model, size=size))
+    assert gemini.decode_response(await call(server, sent, AUTH)).images
+    assert recorder.requests[0].json["generationConfig"]["imageConfig"] == config
+
+
+@pytest.mark.parametrize("model", ["gemini-2.5-flash-image", "gemini-3-pro-image-preview",
+                                   "gemini-3.1-flash-image-preview"])
+async def test_mock_shut_down_models_are_not_found(aiohttp_server: Any, model: str) -> None:
+    server = await aiohttp_server(make_app(Recorder()))
+    with pytest.raises(GatewayError) as info:
+        gemini.decode_response(await call(server, gemini.encode_request(request(model=model)),
+                                          AUTH))
+    assert info.value.code == "upstream_unavailable"  # a fallback route may still serve it

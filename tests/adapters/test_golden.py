@@ -51,3 +51,16 @@ def test_decode_error(adapter: ModuleType, case: dict[str, Any]) -> None:
     with pytest.raises(GatewayError) as info:
         adapter.decode_response(upstream_response(case["response"]))
     assert_error(info.value, case["error"])
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("gpt-image-1", True), ("gpt-image-1-mini", True), ("gpt-image-1.5", True),
+    ("gpt-image-2", True), ("gpt-image-2-2026-04-21", True), ("gpt-image-2.5-mini", True),
+    ("chatgpt-image-latest", True), ("GPT-Image-2", True), ("openai/gpt-image-2", True),
+    ("dall-e-2", False), ("dall-e-3", False), ("gpt-4o", False), ("my-gpt-image-1", False),
+    ("gpt-imagery", False),
+])
+def test_gpt_image_models_are_recognised(model: str, expected: bool) -> None:
+    from imagegate.adapters.openai import is_gpt_image_model
+
+    assert is_gpt_image_model(model) is expected

@@ -13,9 +13,6 @@ from imagegate.adapters.base import (
     ImageRequest,
     UpstreamRequest,
     bearer,
-    image_size_class,
-    nearest_ratio,
-    parse_size,
 )
 from imagegate.config.errors import GatewayError
 from PIL import Image
@@ -38,9 +35,7 @@ def test_fixtures_cover_every_kind_and_size() -> None:
 
 @pytest.mark.parametrize("size", sorted(aspect.SIZES))
 def test_size_table_agrees_with_the_computed_rule(size: str) -> None:
-    parsed = parse_size(size)
-    assert parsed is not None
-    assert aspect.SIZES[size] == (nearest_ratio(*parsed), image_size_class(*parsed))
+    assert aspect.SIZES[size] == aspect.image_shape(size, None)[:2]
 
 
 def test_adapter_declares_one_image_per_call() -> None:
@@ -54,7 +49,8 @@ def test_adapter_declares_one_image_per_call() -> None:
 
 def request(**fields: Any) -> ImageRequest:
     fields.setdefault("operation", "generate")
-    return ImageRequest(model="google/gemini-2.5-flash-image", prompt="a fox", **fields)
+    fields.setdefault("model", "google/gemini-3-pro-image")
+    return ImageRequest(prompt="a fox", **fields)
 
 
 async def test_mock_generation_returns_a_real_png(aiohttp_server: Any) -> None:
@@ -67,10 +63,10 @@ async def test_mock_generation_returns_a_real_png(aiohttp_server: Any) -> None:
     assert Image.open(io.BytesIO(PNG)).format == "PNG"
     seen = recorder.requests[0]
     assert (seen.path, seen.headers["Authorization"]) == ("/chat/completions", f"Bearer {API_KEY}")
-    assert seen.json["image_config"] == {"aspect_ratio": "16:9", "image_size": "2K"}
+    assert seen.json["image_config"] == {"aspect_ratio": "16:9", "image_size": "1K"}
     assert "stream" not in seen.json and seen.json["user"] == "u-1"
     assert result.usage is not None and result.usage.output_tokens_details == {
-        "image_tokens": 1290}
+        "image_tokens": 1290, "text_tokens": 5}
 
 
 async def test_mock_accepts_a_multi_image_edit(aiohttp_server: Any) -> None:
@@ -118,6 +114,10 @@ async def test_mock_refuses_what_the_adapter_never_sends(aiohttp_server: Any,
     ("rate_limit", "upstream_rate_limited", {"retry-after": "4"}),
     ("quota", "insufficient_quota", {}),
     ("moderation", "content_policy_violation", {}),
+    ("guardrail", "content_policy_violation", {}),
+    ("refusal", "content_policy_violation", {}),
+    ("region", "upstream_unavailable", {}),
+    ("permission", "upstream_unavailable", {}),
     ("error_in_200", "upstream_unavailable", {}),
     ("not_found", "upstream_unavailable", {}),
     ("unavailable", "upstream_unavailable", {"retry-after": "4"}),
@@ -144,3 +144,60 @@ async def test_mock_bad_or_missing_key_is_upstream_auth_failed(aiohttp_server: A
     with pytest.raises(GatewayError) as info:
         openrouter.decode_response(answer)
     assert (info.value.status, info.value.code) == (502, "upstream_auth_failed")
+
+
+@pytest.fixture
+def learned(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    fresh: set[str] = set()
+    monkeypatch.setattr(openrouter, "LEARNED_IMAGE_ONLY", fresh)
+    return fresh
+
+
+@pytest.mark.parametrize("model", ["black-forest-labs/flux.2-pro", "sourceful/riverflow-v2",
+                                   "bytedance-seed/seedream-4.5", "openai/gpt-image-1"])
+async def test_mock_image_only_models_are_asked_for_images_only(
+        aiohttp_server: Any, learned: set[str], model: str) -> None:
+    recorder = Recorder()
+    server = await aiohttp_server(make_app(recorder))
+    sent = openrouter.encode_request(request(model=model))
+    assert openrouter.decode_response(await call(server, sent, AUTH)).images
+    assert recorder.requests[0].json["modalities"] == ["image"] and not learned
+
+
+async def test_mock_unknown_image_only_model_is_retried_once_and_remembered(
+        aiohttp_server: Any, learned: set[str]) -> None:
+    recorder = Recorder()
+    server = await aiohttp_server(make_app(recorder))
+    req = request(model="acme/pixels-only")
+    answer = await call(server, openrouter.encode_request(req), AUTH)
+    assert answer.status == 404  # "No endpoints found that support ... image, text"
+    again = openrouter.retry(req, answer)
+    assert again is not None and learned == {"acme/pixels-only"}
+    assert openrouter.decode_response(await call(server, again, AUTH)).images
+    assert [r.json["modalities"] for r in recorder.requests] == [["image", "text"], ["image"]]
+    # remembered: the next call asks for ["image"] straight away, and a 404 is not retried
+    assert json.loads(openrouter.encode_request(req).body)["modalities"] == ["image"]
+    assert openrouter.retry(req, answer) is None
+
+
+async def test_other_404s_are_not_retried(aiohttp_server: Any, learned: set[str]) -> None:
+    server = await aiohttp_server(make_app(Recorder(mode="not_found")))
+    req = request()
+    answer = await call(server, openrouter.encode_request(req), AUTH)
+    assert answer.status == 404 and openrouter.retry(req, answer) is None and not learned
+
+
+@pytest.mark.parametrize(("size", "config"), [
+    ("512x512", {"aspect_ratio": "1:1", "image_size": "0.5K"}),
+    ("4096x1024", {"aspect_ratio": "4:1", "image_size": "2K"}),
+    ("1024x8192", {"aspect_ratio": "1:8", "image_size": "2K"}),
+])
+async def test_mock_gemini_31_flash_takes_half_k_and_extended_ratios(
+        aiohttp_server: Any, size: str, config: dict[str, str]) -> None:
+    recorder = Recorder()
+    server = await aiohttp_server(make_app(recorder))
+    for model in ("google/gemini-3.1-flash-image", "google/gemini-3-pro-image"):
+        sent = openrouter.encode_request(request(model=model, size=size))
+        assert openrouter.decode_response(await call(server, sent, AUTH)).images
+    flash, pro = (r.json["image_config"] for r in recorder.requests)
+    assert flash == config and pro["aspect_ratio"] in aspect.ASPECT_RATIOS

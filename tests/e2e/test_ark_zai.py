@@ -11,6 +11,7 @@ from aiohttp import web
 from PIL import Image
 
 from tests.conftest import make_config
+from tests.schemas import checked_sdk
 from tests.upstreams import ark as ark_mock
 from tests.upstreams import zai as zai_mock
 from tests.upstreams.openai import png_bytes
@@ -30,7 +31,7 @@ async def env(aiohttp_server: Any, gateway: Any, tmp_path: Any) -> Any:
         "cogview-4": {"routes": [{"provider": "zai", "model": "cogview-4-250304"}]},
     }
     client = await gateway(make_config(tmp_path=tmp_path, providers=providers, models=models))
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
     yield sdk, client, ark, zai
     await sdk.close()
 
@@ -162,3 +163,32 @@ async def test_allowed_http_image_url_is_fetched(env: Any, aiohttp_server: Any) 
     await sdk.post("/images/edits", cast_to=object, body={
         "model": "seedream", "prompt": "p", "images": [{"image_url": url}]})
     assert ark.requests[-1].json["image"].startswith("data:image/jpeg;base64,")
+
+
+@pytest.mark.parametrize(("target", "mode"), [("ark", "overdue"), ("ark", "quota"),
+                                              ("zai", "arrears")])
+async def test_billing_states_fail_over_then_are_402(aiohttp_server: Any, gateway: Any,
+                                                    tmp_path: Any, target: str,
+                                                    mode: str) -> None:
+    """A provider account's billing state is the gateway's problem: the next route answers;
+    with none left the client gets 402 naming the state, never the account."""
+    mock = ark_mock if target == "ark" else zai_mock
+    recorder = mock.Recorder(mode=mode)
+    base = str((await aiohttp_server(mock.make_app(recorder))).make_url("")).rstrip("/")
+    model = "doubao-seedream-4-5-251128" if target == "ark" else "cogview-4-250304"
+    route = {"provider": target, "model": model}
+    client = await gateway(make_config(
+        tmp_path=tmp_path,
+        providers={target: {"type": target, "base_url": base, "api_key": mock.API_KEY}},
+        models={"both": {"routes": [route, {"provider": "local", "priority": 1}]},
+                "only": {"routes": [route]}}))
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
+    try:
+        raw = await sdk.images.with_raw_response.generate(model="both", prompt="p")
+        assert raw.headers["x-imagegate-provider"] == "local" and raw.parse().data
+        with pytest.raises(openai.APIStatusError) as info:
+            await sdk.images.generate(model="only", prompt="p")
+        assert (info.value.status_code, info.value.code) == (402, "insufficient_quota")
+        assert "2100123" not in str(info.value.body)
+    finally:
+        await sdk.close()

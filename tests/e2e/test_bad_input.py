@@ -9,6 +9,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import GATEWAY_KEY, make_config, openai_models
 from tests.e2e.test_openai_passthrough import multipart
+from tests.schemas import checked_sdk
 from tests.upstreams.openai import PNG
 
 AUTH = {"auth": {"keys": [{"id": "team-a", "key": GATEWAY_KEY, "models": ["gpt-image-1"]},
@@ -41,8 +42,10 @@ JSON_CASES = [
     (b'{"model": "gpt-image-1", "prompt": "p", "n": 11}', 400, "invalid_value", "n"),
     (b'{"model": "gpt-image-1", "prompt": "p", "size": "huge"}', 400, "invalid_value", "size"),
     (b'{"model": "gpt-image-1", "prompt": "p", "size": "9000x10"}', 400, "invalid_value", "size"),
-    (b'{"model": "gpt-image-1", "prompt": "p", "output_format": "gif"}', 400, "invalid_value",
+    (b'{"model": "gpt-image-1", "prompt": "p", "output_format": 5}', 400, "invalid_value",
      "output_format"),
+    (b'{"model": "gpt-image-1", "prompt": "p", "quality": ""}', 400, "invalid_value",
+     "quality"),
     (b'{"model": "nope", "prompt": "p"}', 404, "model_not_found", "model"),
     (b'{"model": "house-image", "prompt": "p"}', 403, "model_not_allowed", "model"),
     (b"[1, 2]", 400, "invalid_value", None),
@@ -63,6 +66,20 @@ async def test_bad_json_generation(client: Any, raw: bytes, status: int, code: s
     assert not client.recorder.requests  # nothing bad reaches the provider
 
 
+@pytest.mark.parametrize("field", [{"quality": "xhigh"}, {"quality": "max"},
+                                   {"output_format": "avif"}, {"background": "blurred"},
+                                   {"moderation": "strict"}])
+async def test_enum_values_the_gateway_does_not_know_reach_openai(client: Any,
+                                                                  field: dict) -> None:
+    """OpenAI adds values (gpt-image-2's quality xhigh/max): OpenAI routes forward them for the
+    upstream to judge instead of refusing them before anything is sent."""
+    resp = await client.post("/v1/images/generations", headers=auth(),
+                             json={"model": "gpt-image-1", "prompt": "p", **field})
+    assert resp.status == 200
+    sent = client.recorder.last.json
+    assert {k: sent[k] for k in field} == field
+
+
 @pytest.mark.parametrize(("headers", "status", "code"), [
     ({}, 401, "invalid_api_key"),
     ({"Authorization": "Bearer wrong"}, 401, "invalid_api_key"),
@@ -75,8 +92,8 @@ async def test_auth_failures(client: Any, headers: dict, status: int, code: str)
 
 async def test_sdk_exception_classes(client: Any) -> None:
     base = str(client.make_url("/v1"))
-    good = openai.AsyncOpenAI(base_url=base, api_key=GATEWAY_KEY, max_retries=0)
-    bad = openai.AsyncOpenAI(base_url=base, api_key="nope", max_retries=0)
+    good = checked_sdk(base, GATEWAY_KEY)
+    bad = checked_sdk(base, "nope")
     with pytest.raises(openai.AuthenticationError):
         await bad.images.generate(model="gpt-image-1", prompt="p")
     with pytest.raises(openai.PermissionDeniedError):

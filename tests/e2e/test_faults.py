@@ -11,6 +11,7 @@ from aiohttp import web
 from PIL import Image
 
 from tests.conftest import make_config
+from tests.schemas import checked_sdk
 from tests.upstreams import openai as openai_mock
 
 
@@ -53,14 +54,16 @@ async def test_a_stream_that_breaks_midway_ends_with_an_error_event(aiohttp_serv
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await resp.write(b'event: image_generation.partial_image\ndata: {"type": '
-                         b'"image_generation.partial_image","b64_json":"aGk="}\n\n')
+                         b'"image_generation.partial_image","b64_json":"aGk=","created_at":1,'
+                         b'"size":"1024x1024","quality":"low","background":"opaque",'
+                         b'"output_format":"png","partial_image_index":0}\n\n')
         await asyncio.sleep(0.05)
         assert request.transport is not None
         request.transport.close()  # the provider dies mid-stream
         return resp
 
     client = await gateway(make_config(**two_routes(await upstream(aiohttp_server, handler))))
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
     stream = await sdk.images.generate(model="gpt-image-1", prompt="p", stream=True)
     events = []
     try:

@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import GATEWAY_KEY, make_config, openai_models
 from tests.redis_server import redis_server
+from tests.schemas import checked_sdk
 from tests.upstreams import openai as openai_mock
 
 PROMPT = {"model": "gpt-image-1", "prompt": "a lighthouse"}
@@ -56,8 +57,7 @@ def start(aiohttp_client: Any, openai_upstream: Any, tmp_path: Any) -> Callable[
 
 
 def sdk(client: Any, **kwargs: Any) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0,
-                              **kwargs)
+    return checked_sdk(str(client.make_url("/v1")), "x", **kwargs)
 
 
 def key(value: str = "order-42") -> dict[str, Any]:
@@ -498,7 +498,9 @@ async def test_a_stream_that_broke_midway_releases_the_key(aiohttp_server: Any, 
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await resp.write(b'event: image_generation.partial_image\ndata: {"type": '
-                         b'"image_generation.partial_image","b64_json":"aGk="}\n\n')
+                         b'"image_generation.partial_image","b64_json":"aGk=","created_at":1,'
+                         b'"size":"1024x1024","quality":"low","background":"opaque",'
+                         b'"output_format":"png","partial_image_index":0}\n\n')
         assert request.transport is not None
         request.transport.close()  # the provider dies mid-stream
         return resp

@@ -11,12 +11,13 @@ from imagegate.config.loader import load_config
 from PIL import Image, ImageChops, ImageStat
 
 from tests.conftest import make_config
+from tests.schemas import checked_sdk
 
 
 @pytest.fixture
 async def sdk(gateway: Any, tmp_path: Any) -> Any:
     client = await gateway(make_config(tmp_path=tmp_path))
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
     sdk.gateway = client
     yield sdk
     await sdk.close()
@@ -117,7 +118,7 @@ async def test_stream_sends_partial_renders_before_each_completed_event(sdk: Any
     errors = [sum(ImageStat.Stat(ImageChops.difference(decode(e.b64_json).convert("RGB"),
                                                        final)).sum) for e in events[:2]]
     assert errors[0] > errors[1] > 0
-    assert events[2].size == "64x64" and events[2].quality == "high"
+    assert events[2].size == "auto" and events[2].quality == "high"  # 64x64: not in the enum
     assert events[2].output_format == "png" and events[2].background == "opaque"
     assert events[-1].usage.output_tokens > 0 and events[-1].usage.input_tokens_details
     edit = await sdk.images.edit(model="local", prompt="p", stream=True,

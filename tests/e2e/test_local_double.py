@@ -127,15 +127,15 @@ async def test_answers_are_shaped_like_gpt_image_1(gateway: Any) -> None:
     client = await gateway(make_config())
     sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
     try:
-        result = await sdk.images.generate(model="local", prompt="a kite", size="1024x512",
+        result = await sdk.images.generate(model="local", prompt="a kite", size="1024x1536",
                                            quality="low", output_format="webp", n=2)
     finally:
         await sdk.close()
     assert (result.size, result.quality, result.output_format, result.background) == (
-        "1024x512", "low", "webp", "opaque")
+        "1024x1536", "low", "webp", "opaque")
     usage = result.usage
     assert usage.input_tokens_details.text_tokens == 2
-    assert usage.output_tokens == 2 * 136  # gpt-image-1: 272 for 1024x1024 low, by pixels
+    assert usage.output_tokens == 2 * 408  # gpt-image-1: 272 for 1024x1024 low, by pixels
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
 
 

@@ -12,6 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.conftest import make_config, openai_models
+from tests.schemas import checked_sdk
 from tests.upstreams.openai import PNG, png_bytes
 
 
@@ -20,8 +21,7 @@ async def setup(openai_upstream: Any, gateway: Any, tmp_path: Any) -> Any:
     recorder, base_url = openai_upstream
     providers, models = openai_models(base_url)
     client = await gateway(make_config(tmp_path=tmp_path, providers=providers, models=models))
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused",
-                             max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "unused")
     yield recorder, client, sdk
     await sdk.close()
 

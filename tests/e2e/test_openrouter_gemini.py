@@ -11,6 +11,7 @@ from aiohttp import web
 from PIL import Image
 
 from tests.conftest import make_config
+from tests.schemas import checked_sdk
 from tests.upstreams import gemini as gemini_mock
 from tests.upstreams import openrouter as or_mock
 from tests.upstreams.openai import png_bytes
@@ -28,12 +29,12 @@ async def env(aiohttp_server: Any, gateway: Any, tmp_path: Any) -> Any:
     }
     models = {
         "or-image": {"routes": [{"provider": "openrouter",
-                                 "model": "google/gemini-2.5-flash-image"}]},
-        "gemini-image": {"routes": [{"provider": "gemini", "model": "gemini-2.5-flash-image",
+                                 "model": "google/gemini-3-pro-image"}]},
+        "gemini-image": {"routes": [{"provider": "gemini", "model": "gemini-3-pro-image",
                                      "image_only": True}]},
     }
     client = await gateway(make_config(tmp_path=tmp_path, providers=providers, models=models))
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
     yield sdk, orr, gem
     await sdk.close()
 
@@ -57,7 +58,7 @@ async def test_generation_n2_sizes_and_headers(env: Any) -> None:
     assert [pixels(d.b64_json)[0] for d in result.data] == ["JPEG", "JPEG"]
     config = gem.requests[-1].json["generationConfig"]
     assert config["responseModalities"] == ["IMAGE"]
-    assert config["imageConfig"] == {"aspectRatio": "16:9", "imageSize": "2K"}
+    assert config["imageConfig"] == {"aspectRatio": "16:9", "imageSize": "1K"}  # 1.8 MP: 1K
 
 
 async def test_gemini_skips_thought_images(env: Any) -> None:
@@ -137,3 +138,39 @@ async def test_unreadable_provider_images_are_502(aiohttp_server: Any, gateway: 
         resp = await client.post("/v1/images/generations",
                                  json={"model": "m", "prompt": "p", "output_format": fmt})
         assert resp.status == 502 and (await resp.json())["error"]["code"] == "upstream_unavailable"
+
+
+async def test_an_image_only_model_no_table_knows_is_retried_once_then_remembered(
+        aiohttp_server: Any, gateway: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagegate.adapters import openrouter
+
+    monkeypatch.setattr(openrouter, "LEARNED_IMAGE_ONLY", set())
+    recorder = or_mock.Recorder()
+    base = str((await aiohttp_server(or_mock.make_app(recorder))).make_url("")).rstrip("/")
+    client = await gateway(make_config(
+        tmp_path=tmp_path,
+        providers={"or": {"type": "openrouter", "base_url": base, "api_key": or_mock.API_KEY}},
+        models={"pixels": {"routes": [{"provider": "or", "model": "acme/pixels-only"}]}}))
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
+    try:
+        assert (await sdk.images.generate(model="pixels", prompt="p")).data
+        assert [r.json["modalities"] for r in recorder.requests] == [["image", "text"], ["image"]]
+        assert (await sdk.images.generate(model="pixels", prompt="p")).data
+        assert [r.json["modalities"] for r in recorder.requests][2:] == [["image"]]
+    finally:
+        await sdk.close()
+
+
+async def test_unknown_enum_values_are_named_dropped_on_adapted_routes(env: Any) -> None:
+    sdk, orr, gem = env
+    raw = await sdk.images.with_raw_response.generate(
+        model="gemini-image", prompt="p", quality="ultra", output_format="avif",
+        background="blurred")
+    assert raw.headers["x-imagegate-dropped-params"] == "quality,output_format,background"
+    assert pixels(raw.parse().data[0].b64_json)[0] == "PNG"  # the provider's own format
+    assert "imageConfig" not in gem.requests[-1].json["generationConfig"]
+    raw = await sdk.images.with_raw_response.generate(model="or-image", prompt="p",
+                                                      quality="xhigh")
+    assert "x-imagegate-dropped-params" not in raw.headers  # known: mapped to 4K
+    assert orr.requests[-1].json["image_config"] == {"image_size": "4K"}

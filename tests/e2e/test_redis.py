@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import openai
-
 from tests.conftest import make_config
 from tests.redis_server import redis_server
+from tests.schemas import checked_sdk
 
 
 async def test_url_images_live_in_redis_and_readyz_follows_it(gateway: Any, tmp_path: Any,
@@ -17,8 +16,7 @@ async def test_url_images_live_in_redis_and_readyz_follows_it(gateway: Any, tmp_
         first = await gateway(make_config(overrides))
         second = await gateway(make_config(overrides))  # another machine, same Redis
         assert (await first.get("/readyz")).status == 200
-        sdk = openai.AsyncOpenAI(base_url=str(first.make_url("/v1")), api_key="x",
-                                 max_retries=0)
+        sdk = checked_sdk(str(first.make_url("/v1")), "x")
         result = await sdk.images.generate(model="local", prompt="kite", size="64x64",
                                            response_format="url")
         await sdk.close()

@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import make_config
 from tests.redis_server import free_port
+from tests.schemas import checked_sdk
 from tests.upstreams import openai as openai_mock
 
 
@@ -107,7 +108,7 @@ async def test_sdk_sees_502_when_the_only_route_fails(gateway: Any, openai_upstr
     providers = {"openai": {"type": "openai", "base_url": base_url, "api_key": "wrong"}}
     client = await gateway(make_config(providers=providers, models={
         "gpt-image-1": {"routes": [{"provider": "openai"}]}}))
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
     try:
         await sdk.images.generate(model="gpt-image-1", prompt="p")
     except openai.InternalServerError as exc:
@@ -201,7 +202,7 @@ async def test_streams_and_edits_fall_back_over_adapted_routes(aiohttp_server: A
     assert "event: image_generation.completed" in text and "event: error" not in text
     assert client.registry.get_sample_value("imagegate_retries_total",
                                             {"provider": "local"}) == 1
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
     result = await sdk.images.edit(model="pics", prompt="p",
                                    image=("a.png", openai_mock.PNG, "image/png"))
     await sdk.close()
@@ -217,12 +218,12 @@ async def test_a_route_that_cannot_apply_a_mask_passes_to_one_that_can(
     base = str((await aiohttp_server(gemini_mock.make_app(gemini_mock.Recorder())))
                .make_url("")).rstrip("/")
     providers = {"gemini": {"type": "gemini", "base_url": base, "api_key": gemini_mock.API_KEY}}
-    models = {"both": {"routes": [{"provider": "gemini", "model": "gemini-2.5-flash-image"},
+    models = {"both": {"routes": [{"provider": "gemini", "model": "gemini-3-pro-image"},
                                   {"provider": "local", "priority": 1}]},
               "gemini-only": {"routes": [{"provider": "gemini",
-                                          "model": "gemini-2.5-flash-image"}]}}
+                                          "model": "gemini-3-pro-image"}]}}
     client = await gateway(make_config(providers=providers, models=models))
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
     png, out = openai_mock.PNG, io.BytesIO()
     Image.new("RGBA", (64, 64), (0, 0, 0, 0)).save(out, "PNG")
     try:
@@ -277,7 +278,7 @@ async def test_requests_an_adapter_refuses_reach_a_later_openai_route(
         models={"m": {"routes": [{"provider": "ark", "model": "doubao-seedream-4-0"},
                                  {"provider": "openai", "model": "gpt-image-1",
                                   "priority": 1}]}}))
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
     png = openai_mock.PNG
     try:  # Ark cannot apply a mask: the files, read for Ark, are sent on to OpenAI
         await sdk.images.edit(model="m", prompt="p", n=2, image=("a.png", png, "image/png"),
@@ -310,7 +311,7 @@ async def test_answers_say_which_provider_served_them_and_after_how_many_attempt
     first, second, providers, models = await two_upstreams(aiohttp_server)
     config = make_config(providers=providers, models=models)
     client = await aiohttp_client(create_app(config, registry=CollectorRegistry()))
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
     raw = await sdk.images.with_raw_response.generate(model="gpt-image-1", prompt="p")
     assert (raw.headers["x-imagegate-provider"], raw.headers["x-imagegate-attempts"]) == (
         "primary", "1")

@@ -20,15 +20,19 @@ PATHS = ("/images/generations", "/api/v3/images/generations")  # base_url with o
 URL_QUERY = "X-Tos-Algorithm=TOS4-HMAC-SHA256&X-Tos-Expires=86400&X-Tos-Signature=a%2Fb%3D"
 FIELDS = frozenset({"model", "prompt", "image", "size", "seed", "guidance_scale",
                     "sequential_image_generation", "sequential_image_generation_options",
-                    "stream", "response_format", "watermark", "optimize_prompt_options"})
-MODES = ("ok", "url", "partial", "all_failed", "no_image", "safety", "auth", "rate_limit",
-         "quota", "server_error", "bad_param", "not_found", "not_json")
+                    "stream", "response_format", "watermark", "optimize_prompt_options",
+                    "output_format"})
+MODES = ("ok", "url", "partial", "all_failed", "no_image", "safety", "risk", "auth",
+         "rate_limit", "quota", "overdue", "server_error", "bad_param", "not_found", "not_json")
+# Named tiers and total-pixel ranges per family (providers.md §2 and its 2026-12 corrections)
+MIN_45 = 2560 * 1440
 SAFETY_ITEM = {"error": {"code": "OutputImageSensitiveContentDetected",
                          "message": "The request failed because the output image may contain "
                                     "sensitive information."}}
 
 
 JPEG = tiny_image("JPEG", (40, 120, 200))
+PNG = tiny_image("PNG", (40, 120, 200))
 
 
 @dataclass
@@ -66,19 +70,38 @@ def _check_image(value: Any) -> str | None:
     return None
 
 
+def _family(model: str) -> tuple[frozenset[str], int, int]:
+    """(named tiers, min pixels, max pixels) of a Seedream 4+ model."""
+    if "seedream-4-5" in model:
+        return frozenset({"2K", "4K"}), MIN_45, 4096 * 4096
+    if "seedream-5-0-pro" in model:
+        return frozenset({"2K"}), MIN_45, 2048 * 2048
+    if "seedream-5" in model:
+        return frozenset({"2K", "3K"}), MIN_45, 10_404_496
+    return frozenset({"1K", "2K", "4K"}), 1280 * 720, 4096 * 4096
+
+
 def _check_size(model: str, size: Any) -> str | None:
     if "seededit" in model:
         return None if size in (None, "adaptive") else "SeedEdit takes `adaptive` only"
-    if size is None or ("seedream-3-0-t2i" not in model and size in ("1K", "2K", "4K")):
+    if size is None:
         return None
     width, _, height = str(size).partition("x")
-    if not (width.isdigit() and height.isdigit()):
-        return "expected WxH"
-    w, h = int(width), int(height)
     if "seedream-3-0-t2i" in model:
+        if not (width.isdigit() and height.isdigit()):
+            return "expected WxH"
+        w, h = int(width), int(height)
         return None if 512 <= min(w, h) and max(w, h) <= 2048 else "out of [512, 2048]"
-    ok = 1280 * 720 <= w * h <= 4096 * 4096 and 1 / 16 <= w / h <= 16
-    return None if ok else "pixels out of [1280x720, 4096x4096]"
+    tiers, low, high = _family(model)
+    if size in tiers:
+        return None
+    if not (width.isdigit() and height.isdigit()):
+        return f"expected one of {sorted(tiers)} or WxH"
+    w, h = int(width), int(height)
+    if w * h < low:
+        return f"image size must be at least {low} pixels"
+    ok = w * h <= high and 1 / 16 <= w / h <= 16
+    return None if ok else f"pixels out of [{low}, {high}]"
 
 
 def validate(body: Any) -> web.Response | None:
@@ -104,6 +127,9 @@ def validate(body: Any) -> web.Response | None:
     why = _check_size(model, body.get("size"))
     if why:
         return _bad("size", why)
+    if "output_format" in body and not ("seedream-5" in model
+                                        and body["output_format"] in ("png", "jpeg")):
+        return _bad("output_format", "only Seedream 5.0 takes png or jpeg")
     if body.get("response_format", "url") not in ("url", "b64_json"):
         return _bad("response_format", "expected url or b64_json")
     return None
@@ -120,6 +146,13 @@ def fault(recorder: Recorder) -> web.Response | None:
                                         kind="TooManyRequests", headers=retry),
         "quota": lambda: ark_error(429, "QuotaExceeded", "Your free quota is used up.",
                                    kind="TooManyRequests"),
+        "overdue": lambda: ark_error(403, "AccountOverdueError", "The request failed because "
+                                     "your account 2100123 has an overdue balance.",
+                                     kind="Forbidden"),
+        "risk": lambda: ark_error(400, "OutputImageRiskDetection", "The request could not be "
+                                  "processed because the output image includes sensitive "
+                                  "content that violates ContentSecurityDetection. "
+                                  "CSDRequestId:0217;Label:x;SubLabel:y"),
         "server_error": lambda: ark_error(500, "InternalServiceError", "Internal error.",
                                           kind="InternalServerError"),
         "bad_param": lambda: _bad("size", "mock fault"),
@@ -137,7 +170,8 @@ def _image_item(request: web.Request, recorder: Recorder, body: dict[str, Any]) 
     if recorder.mode == "url" or body.get("response_format", "url") == "url":
         url = request.url.origin().with_path("/files/image_0.jpeg")
         return {"url": f"{url}?{URL_QUERY}", "size": "8x8"}
-    return {"b64_json": base64.b64encode(JPEG).decode(), "size": "8x8"}
+    made = PNG if body.get("output_format") == "png" else JPEG  # 4.x: always JPEG
+    return {"b64_json": base64.b64encode(made).decode(), "size": "8x8"}
 
 
 def success(request: web.Request, recorder: Recorder, body: dict[str, Any]) -> web.Response:

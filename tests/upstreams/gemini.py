@@ -15,12 +15,17 @@ from tests.upstreams.common import record, tiny_image
 
 API_KEY = "AIza-test-key"
 PREFIXES = ("/models/", "/v1beta/models/")  # base_url with or without /v1beta
-MODELS = frozenset({"gemini-2.5-flash-image", "gemini-3-pro-image-preview",
-                    "gemini-3.1-flash-image-preview"})
+RATIOS = frozenset({"1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"})
+EXTENDED = RATIOS | {"1:4", "4:1", "1:8", "8:1"}
+# The image models served today and what each takes: (aspect ratios, imageSize values). The
+# `*-preview` ids were shut down 2026-06-25 and gemini-2.5-flash-image 2026-10-02: 404.
+MODELS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "gemini-3-pro-image": (RATIOS, frozenset({"1K", "2K", "4K"})),
+    "gemini-3.1-flash-image": (EXTENDED, frozenset({"512", "1K", "2K", "4K"})),
+    "gemini-3.1-flash-lite-image": (RATIOS, frozenset({"1K", "2K", "4K"})),
+}
 FIELDS = frozenset({"contents", "generationConfig", "safetySettings", "systemInstruction"})
 CONFIG_FIELDS = frozenset({"responseModalities", "imageConfig", "candidateCount"})
-RATIOS = frozenset({"1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"})
-IMAGE_SIZES = frozenset({"1K", "2K", "4K"})
 MODES = ("ok", "jpeg", "thought", "text_only", "block_reason", "image_safety", "no_image",
          "auth", "rate_limit", "not_found", "unavailable", "internal", "deadline",
          "bad_request")
@@ -81,7 +86,7 @@ def _check_parts(contents: Any) -> str | None:
     return None
 
 
-def validate(body: Any) -> str | None:
+def validate(body: Any, model: str) -> str | None:
     """What the real service refuses, plus mock-strict checks (camelCase, known fields)."""
     if not isinstance(body, dict):
         return "Expected a JSON object."
@@ -93,9 +98,10 @@ def validate(body: Any) -> str | None:
     if config.get("responseModalities") not in (["TEXT", "IMAGE"], ["IMAGE"]):
         return "responseModalities must ask for IMAGE."
     image = config.get("imageConfig")
+    ratios, sizes = MODELS[model]
     if image is not None and (not image or not set(image) <= {"aspectRatio", "imageSize"}
-                              or image.get("aspectRatio", "1:1") not in RATIOS
-                              or image.get("imageSize", "1K") not in IMAGE_SIZES):
+                              or image.get("aspectRatio", "1:1") not in ratios
+                              or image.get("imageSize", "1K") not in sizes):
         return "imageConfig: unsupported aspectRatio or imageSize."
     return _check_parts(body.get("contents"))
 
@@ -173,7 +179,7 @@ def make_app(recorder: Recorder) -> web.Application:
         model, _, action = request.match_info["tail"].partition(":")
         if action != "generateContent" or model not in MODELS:
             return not_found(model)
-        why = validate(body)
+        why = validate(body, model)
         if why:
             return _bad(why)
         return fault(recorder, model) or success(recorder, model, body)

@@ -20,9 +20,17 @@ FIELDS = frozenset({"model", "messages", "modalities", "image_config", "stream",
                     "max_tokens", "temperature", "provider", "usage"})
 RATIOS = frozenset({"1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"})
 IMAGE_SIZES = frozenset({"1K", "2K", "4K"})
+# Only some models take the extended ratios and 0.5K (Gemini 3.1 Flash Image)
+EXTENDED_MODELS = frozenset({"google/gemini-3.1-flash-image"})
+EXTENDED_RATIOS = RATIOS | {"1:4", "4:1", "1:8", "8:1"}
+# Models whose output is images only; `acme/pixels-only` stands for one no table knows yet
+IMAGE_ONLY = ("black-forest-labs/", "sourceful/", "bytedance-seed/", "openai/gpt-image-",
+              "acme/pixels-only")
+MODALITIES_404 = ("No endpoints found that support the requested output modalities: "
+                  "image, text")
 MODES = ("ok", "url", "text_only", "empty_images", "content_filter", "auth", "rate_limit",
-         "quota", "moderation", "error_in_200", "not_found", "unavailable", "bad_request",
-         "not_json")
+         "quota", "moderation", "guardrail", "region", "permission", "refusal", "error_in_200",
+         "not_found", "unavailable", "bad_request", "not_json")
 REFUSAL = "I can't help with creating that image."
 
 
@@ -86,11 +94,13 @@ def validate(body: Any) -> str | None:
     if modalities not in (["image", "text"], ["image"]):
         return "modalities must request image output"
     config = body.get("image_config")
+    extended = body["model"] in EXTENDED_MODELS
     if config is not None and (  # mock-strict: an empty image_config means a stray default
             not isinstance(config, dict) or not config
             or not set(config) <= {"aspect_ratio", "image_size"}
-            or config.get("aspect_ratio", "1:1") not in RATIOS
-            or config.get("image_size", "1K") not in IMAGE_SIZES):
+            or config.get("aspect_ratio", "1:1") not in (EXTENDED_RATIOS if extended else RATIOS)
+            or config.get("image_size", "1K") not in (
+                IMAGE_SIZES | {"0.5K"} if extended else IMAGE_SIZES)):
         return "image_config: unsupported aspect_ratio or image_size"
     return _check_messages(body.get("messages"))
 
@@ -106,6 +116,14 @@ def fault(recorder: Recorder) -> web.Response | None:
         "moderation": lambda: or_error(403, "Input was flagged", {
             "reasons": ["violence"], "flagged_input": "a gory scene",
             "provider_name": "OpenAI", "model_slug": "openai/gpt-image-1"}),
+        "guardrail": lambda: or_error(403, "Request blocked by guardrail: prompt injection "
+                                      "patterns detected"),
+        "region": lambda: or_error(403, "This model is not available in your region.", {
+            "error_type": "region_restricted"}),
+        "permission": lambda: or_error(403, "This API key does not have permission to use "
+                                       "this model."),
+        "refusal": lambda: or_error(400, "Provider returned error", {
+            "error_type": "content_policy_violation", "provider_name": "OpenAI"}),
         "error_in_200": lambda: or_error(502, "Provider returned error", {
             "error_type": "provider_unavailable"}, http_status=200),
         "not_found": lambda: or_error(404, "No endpoints found that support image output"),
@@ -157,6 +175,8 @@ def make_app(recorder: Recorder) -> web.Application:
         why = validate(body)
         if why:
             return or_error(400, why)
+        if str(body["model"]).startswith(IMAGE_ONLY) and body["modalities"] != ["image"]:
+            return or_error(404, MODALITIES_404)
         return fault(recorder) or success(request, recorder, body)
 
     async def files(request: web.Request) -> web.Response:
