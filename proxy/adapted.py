@@ -14,6 +14,7 @@ from imagegate.adapters.base import ImageRequest, ProviderResult, UpstreamReques
 from imagegate.adapters.local import TestDouble, fault_error
 from imagegate.config.api import ImagesResponse, Usage
 from imagegate.config.errors import GatewayError
+from imagegate.middlewares.headers import header_list
 from imagegate.proxy import sse
 from imagegate.proxy.answer import Answer
 from imagegate.proxy.fallback import Unsuitable
@@ -213,7 +214,8 @@ def parts(produced: Produced) -> tuple[ImagesResponse, int, dict[str, str]]:
 
 
 def _dropped_header(dropped: tuple[str, ...]) -> dict[str, str]:
-    return {"x-imagegate-dropped-params": ",".join(dropped)} if dropped else {}
+    """Names the client sent (any bytes, any count): encoded and bounded, `a,b,+N more`."""
+    return {"x-imagegate-dropped-params": header_list(dropped)} if dropped else {}
 
 
 async def answer(gw: Gateway, request: web.Request, route: RouteState, req: ImageRequest,
