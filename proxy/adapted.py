@@ -12,6 +12,7 @@ import msgspec
 import structlog
 from aiohttp import web
 from imagegate.adapters.base import ImageRequest, ProviderResult, UpstreamRequest, UpstreamResponse
+from imagegate.adapters.local import TestDouble, fault_error
 from imagegate.config.api import ImagesResponse, Usage
 from imagegate.config.errors import GatewayError
 from imagegate.middlewares.headers import header_list
@@ -33,6 +34,7 @@ class Produced:
     body: ImagesResponse
     failed: int  # images asked for and not delivered
     broken: bool = False  # an adapted answer is whole before it is sent
+    partials: list[list[str]] | None = None  # per image of body.data: partial renders (b64)
 
     @property
     def images(self) -> int:
@@ -80,18 +82,26 @@ def prepare(state: ProviderState, req: ImageRequest
             raise
         raise Unsuitable(error) from None
     dropped = encoded[0].dropped if encoded else ()
-    if req.stream and req.partial_images:
+    if req.stream and req.partial_images and not state.adapter.capabilities.partial_images:
         dropped = (*dropped, "partial_images")  # one completed event per image, no partials
     return encoded, (*dropped, *req.unknown)
 
 
 async def render(upstream: Upstream, state: ProviderState, req: ImageRequest,
-                 make: Callable[[ImageRequest, Callable[[], bool]], ProviderResult]
-                 ) -> ProviderResult:
-    """An offline provider's attempt: capped, logged and counted like an HTTP one. Cancelled,
-    the render stops before its next image, and holds its place under max_concurrency until
-    its thread has ended (a hang-up must not let more renders run than the cap)."""
+                 make: Callable[[ImageRequest, Callable[[], bool]], ProviderResult],
+                 double: TestDouble | None = None) -> ProviderResult:
+    """An offline provider's attempt: capped, logged and counted like an HTTP one. A route's
+    test double (latency_s, fail) waits, then fails as that error from a real provider.
+    Cancelled, the render stops before its next image, and holds its place under
+    max_concurrency until its thread has ended (a hang-up must not let more renders run than
+    the cap)."""
     async with upstream.slot(state, req.model, "render") as slot:  # failures: slot.failure
+        if double is not None:
+            await asyncio.sleep(double.latency())
+            fault = double.fault()
+            if fault is not None:
+                slot.status, slot.outcome, error = fault_error(fault, state.name)
+                raise error
         stop = threading.Event()
         work = asyncio.get_running_loop().run_in_executor(None, make, req, stop.is_set)
         try:
@@ -107,12 +117,13 @@ async def render(upstream: Upstream, state: ProviderState, req: ImageRequest,
 
 
 async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequest,
-                        encoded: list[UpstreamRequest]) -> tuple[list[ProviderResult], int]:
+                        encoded: list[UpstreamRequest], double: TestDouble | None = None
+                        ) -> tuple[list[ProviderResult], int]:
     """The provider's answers to the fan-out, and how many images the failed calls would have
     made (some calls failing does not sink the others)."""
     adapter = state.adapter
     if adapter.render is not None:
-        return [await render(upstream, state, req, adapter.render)], 0
+        return [await render(upstream, state, req, adapter.render, double)], 0
     decode = adapter.decode_response
     assert decode is not None
 
@@ -177,9 +188,9 @@ def sum_usage(results: Sequence[ProviderResult]) -> Usage | None:
 
 
 async def produce(gw: Gateway, request: web.Request, state: ProviderState, req: ImageRequest,
-                  encoded: list[UpstreamRequest]) -> Produced:
+                  encoded: list[UpstreamRequest], double: TestDouble | None = None) -> Produced:
     """Calls the provider, then normalises its images into the client's answer."""
-    results, lost = await call_provider(gw.upstream, state, req, encoded)
+    results, lost = await call_provider(gw.upstream, state, req, encoded, double)
     lost += sum(r.failed for r in results)
     # a provider that answers more images than asked (an OpenRouter model replying with two)
     # still gives the client exactly n
@@ -191,6 +202,8 @@ async def produce(gw: Gateway, request: web.Request, state: ProviderState, req: 
     outcomes = await asyncio.gather(*(gw.finisher.image(img, req, base, done)
                                       for img in generated), return_exceptions=True)
     data = [o for o in outcomes if not isinstance(o, BaseException)]
+    partials = [img.partials or [] for img, o in zip(generated, outcomes, strict=True)
+                if not isinstance(o, BaseException)]
     failures = [o for o in outcomes if isinstance(o, BaseException)]
     for error in failures:
         if not isinstance(error, Exception):
@@ -199,9 +212,14 @@ async def produce(gw: Gateway, request: web.Request, state: ProviderState, req: 
         raise failures[0]  # an image that failed to download does not sink the others
     created = max(r.created for r in results) or int(time.time())
     usage = sum_usage(results)
+    said = results[0]  # what the provider reports making (gpt-image-1's answer fields)
+    unset = msgspec.UNSET
     body = ImagesResponse(created=created, data=data,
-                          usage=usage if usage is not None else msgspec.UNSET)
-    return Produced(body, req.n - len(data))
+                          usage=usage if usage is not None else unset,
+                          size=said.size or unset, quality=said.quality or unset,
+                          background=said.background or unset,
+                          output_format=said.output_format or unset)
+    return Produced(body, req.n - len(data), partials=partials if any(partials) else None)
 
 
 def parts(produced: Produced) -> tuple[ImagesResponse, int, dict[str, str]]:
@@ -220,11 +238,12 @@ async def answer(gw: Gateway, request: web.Request, route: RouteState, req: Imag
     state = gw.upstream.providers[route.provider]
     encoded, dropped = prepare(state, req)
     headers = {**_dropped_header(dropped), **answer_headers}
-    work = produce(gw, request, state, req, encoded)
+    work = produce(gw, request, state, req, encoded, route.double)
     if req.stream:
         kind = "image_edit" if req.operation == "edit" else "image_generation"
         streamed = await sse.stream_images(
-            request, work, parts, headers, kind, req, gw.config.server.stream_keepalive_s)
+            request, work, parts, headers, kind, req, gw.config.server.stream_keepalive_s,
+            partials=lambda p: p.partials)
         if streamed.result is None:
             return Answer(streamed.response, 0)
         return Answer(streamed.response, streamed.result.images, streamed.result.usage)
@@ -244,4 +263,4 @@ async def attempt_streamed(gw: Gateway, request: web.Request, route: RouteState,
     encoded, dropped = prepare(state, req)
     headers.pop("x-imagegate-dropped-params", None)
     headers.update(_dropped_header(dropped))
-    return await produce(gw, request, state, req, encoded)
+    return await produce(gw, request, state, req, encoded, route.double)
