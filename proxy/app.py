@@ -10,7 +10,7 @@ from imagegate.config.schema import Config
 from imagegate.middlewares.auth import auth_middleware
 from imagegate.middlewares.body import body_middleware, expect_handler
 from imagegate.middlewares.context import context_middleware, set_request_id_header
-from imagegate.middlewares.errors import errors_middleware
+from imagegate.middlewares.errors import errors_middleware, shape_http_exceptions
 from imagegate.middlewares.exactly_once import EXACTLY_ONCE, ExactlyOnce
 from imagegate.middlewares.headers import enforce_safe_headers
 from imagegate.middlewares.idempotency import idempotency_middleware
@@ -87,6 +87,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app[DRAIN] = drain
     app[EXACTLY_ONCE] = once
     app.on_response_prepare.append(set_request_id_header)
+    app.on_response_prepare.append(shape_http_exceptions)
     app.on_response_prepare.append(apply_usage_headers)
     app.on_response_prepare.append(drain.close_connections)
     app.on_startup.append(_last_response_hook)
