@@ -7,9 +7,10 @@ from typing import Any
 
 import msgspec
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from imagegate.config.api import ErrorBody, ErrorEnvelope
 from imagegate.config.errors import GatewayError
+from imagegate.middlewares.context import new_request_id
 from imagegate.middlewares.headers import retry_after, safe_value
 from imagegate.middlewares.redact import scrub
 
@@ -59,6 +60,17 @@ def from_http_exception(request: web.Request, exc: web.HTTPException) -> Gateway
     if code == "invalid_value":
         return GatewayError(code, message, status=exc.status)
     return GatewayError(code, message)
+
+
+async def shape_http_exceptions(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: aiohttp's own errors raised before the chain runs (an unknown
+    `Expect` on an unknown path: 417) are OpenAI-shaped too."""
+    if isinstance(response, web.HTTPException) and response.status >= 400:
+        body = error_body(from_http_exception(request, response))
+        response.body = body
+        response.content_type = "application/json"
+        response.headers[hdrs.CONTENT_LENGTH] = str(len(body))  # set for the old text
+        response.headers.setdefault("x-request-id", new_request_id())  # the chain did not run
 
 
 def _framing_dirty(request: web.Request) -> bool:

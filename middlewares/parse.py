@@ -19,6 +19,7 @@ from imagegate.config.errors import GatewayError
 from imagegate.config.schema import Config, ModelConfig
 from imagegate.middlewares.auth import check_model_allowed
 from imagegate.middlewares.forms import Form, read_form
+from imagegate.middlewares.jsonshape import check_json_shape
 from imagegate.middlewares.keys import MODEL, PARSED, PROMPT, ParsedRequest
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -107,11 +108,14 @@ class BodyDecoders:
         decoder = self._decoders.get(typ)
         if decoder is None:
             decoder = self._decoders[typ] = msgspec.json.Decoder(typ)
+        check_json_shape(raw)  # nesting and repeated keys, before msgspec recurses
         try:
+            if not raw.isascii():  # skipped unknown keys are not checked by msgspec
+                raw.decode("utf-8")
             body = decoder.decode(raw)
         except msgspec.ValidationError as exc:
             raise validation_error(exc) from None
-        except (msgspec.DecodeError, UnicodeDecodeError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             raise GatewayError(
                 "invalid_value", "We could not parse the JSON body of your request."
             ) from None

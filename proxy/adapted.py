@@ -13,6 +13,7 @@ from aiohttp import web
 from imagegate.adapters.base import ImageRequest, ProviderResult, UpstreamRequest, UpstreamResponse
 from imagegate.config.api import ImagesResponse, Usage
 from imagegate.config.errors import GatewayError
+from imagegate.middlewares.headers import header_list
 from imagegate.proxy import sse
 from imagegate.proxy.answer import Answer
 from imagegate.proxy.fallback import Unsuitable
@@ -195,7 +196,8 @@ def parts(produced: Produced) -> tuple[ImagesResponse, int, dict[str, str]]:
 
 
 def _dropped_header(dropped: tuple[str, ...]) -> dict[str, str]:
-    return {"x-imagegate-dropped-params": ",".join(dropped)} if dropped else {}
+    """Names the client sent (any bytes, any count): encoded and bounded, `a,b,+N more`."""
+    return {"x-imagegate-dropped-params": header_list(dropped)} if dropped else {}
 
 
 async def answer(gw: Gateway, request: web.Request, route: RouteState, req: ImageRequest,

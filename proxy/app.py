@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from imagegate.config.schema import Config
 from imagegate.middlewares.auth import auth_middleware
 from imagegate.middlewares.body import body_middleware, expect_handler
 from imagegate.middlewares.context import context_middleware, set_request_id_header
-from imagegate.middlewares.errors import errors_middleware
+from imagegate.middlewares.errors import errors_middleware, shape_http_exceptions
 from imagegate.middlewares.exactly_once import EXACTLY_ONCE, ExactlyOnce
 from imagegate.middlewares.headers import enforce_safe_headers
 from imagegate.middlewares.idempotency import idempotency_middleware
@@ -86,26 +87,31 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     app[DRAIN] = drain
     app[EXACTLY_ONCE] = once
     app.on_response_prepare.append(set_request_id_header)
+    app.on_response_prepare.append(shape_http_exceptions)
     app.on_response_prepare.append(apply_usage_headers)
+    app.on_response_prepare.append(drain.close_connections)
     app.on_startup.append(_last_response_hook)
     app.cleanup_ctx.append(gateway.lifecycle)
     app.cleanup_ctx.append(once.lifecycle)  # after the gateway's: detached runs end first
     app.cleanup_ctx.append(limiter.lifecycle)  # after the detached runs: they release slots
-    expect = expect_handler(config.server.max_request_bytes)
+    exposed = _exposed_registry(metrics, multiprocess)
+    board = StatusBoard(lambda: generations.current.gateway, exposed, workers=workers)
+    app.cleanup_ctx.append(board.run)
+    _add_routes(app, expect_handler(config.server.max_request_bytes),
+                [web.get("/metrics", make_aiohttp_handler(exposed)), *status_routes(board)])
+    return app
+
+
+def _add_routes(app: web.Application, expect: Any, extra: list[web.RouteDef]) -> None:
     for path in ("generations", "edits", "variations"):
         app.router.add_post(f"/v1/images/{path}", endpoints.images, expect_handler=expect)
     app.router.add_get("/v1/models", endpoints.list_models, expect_handler=expect)
     app.router.add_get("/v1/models/{model}", endpoints.get_model, expect_handler=expect)
     app.router.add_get("/v1/images/files/{name}", endpoints.hosted_file, expect_handler=expect)
-    exposed = _exposed_registry(metrics, multiprocess)
-    app.router.add_get("/metrics", make_aiohttp_handler(exposed), expect_handler=expect)
-    board = StatusBoard(lambda: generations.current.gateway, exposed, workers=workers)
-    app.cleanup_ctx.append(board.run)
-    for route in status_routes(board):
+    for route in extra:  # /metrics, /status, /status.json
         app.router.add_route(route.method, route.path, route.handler, expect_handler=expect)
     app.router.add_get("/healthz", endpoints.healthz, expect_handler=expect)
     app.router.add_get("/readyz", endpoints.readyz, expect_handler=expect)
-    return app
 
 
 async def _last_response_hook(app: web.Application) -> None:

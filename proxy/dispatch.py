@@ -3,12 +3,14 @@ routes, adaptation elsewhere), and the outcome recorded in one place for logs an
 from __future__ import annotations
 
 from aiohttp import web
+from imagegate.adapters.base import ImageRequest
 from imagegate.config.api import ImagesResponse
+from imagegate.config.errors import GatewayError
 from imagegate.middlewares.keys import OUTCOME, Outcome
 from imagegate.proxy import adapted, sse
 from imagegate.proxy.adapted import Produced
 from imagegate.proxy.answer import Answer
-from imagegate.proxy.fallback import Served, try_routes
+from imagegate.proxy.fallback import Served, Unsuitable, try_routes
 from imagegate.proxy.gateway import Gateway
 from imagegate.proxy.jobs import Job
 from imagegate.proxy.routing import RouteState
@@ -18,8 +20,18 @@ async def dispatch(gw: Gateway, job: Job) -> web.StreamResponse:
     """Routes one job: OpenAI routes forward, others adapt. A stream whose first route is
     adapted keeps falling back over adapted routes while keep-alives flow."""
     plan = gw.router.plan(job.public_model)
-    if job.stream and not gw.upstream.providers[plan[0].provider].adapter.passthrough:
-        return await _stream_adapted(gw, job, plan)
+    refused: Unsuitable | None = None
+    while job.stream and plan and not gw.upstream.providers[plan[0].provider].adapter.passthrough:
+        try:
+            template = await job.adapt(plan[0])
+        except Unsuitable as skip:  # as without `stream`: the next route may take it
+            refused = refused or skip
+            plan = plan[1:]
+            continue
+        return await _stream_adapted(gw, job, plan, template)
+    if not plan and refused is not None:
+        raise refused.error or GatewayError("upstream_unavailable", "No route of this model "
+                                            "can serve this request.")
 
     tries = 0
 
@@ -39,9 +51,9 @@ async def dispatch(gw: Gateway, job: Job) -> web.StreamResponse:
     return answer.response
 
 
-async def _stream_adapted(gw: Gateway, job: Job, plan: list[RouteState]) -> web.StreamResponse:
+async def _stream_adapted(gw: Gateway, job: Job, plan: list[RouteState],
+                          template: ImageRequest) -> web.StreamResponse:
     headers: dict[str, str] = {}
-    template = await job.adapt(plan[0])
 
     async def attempt(route: RouteState) -> Produced:
         return await adapted.attempt_streamed(gw, job.request, route, await job.adapt(route),

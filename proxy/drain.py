@@ -39,6 +39,14 @@ class Drain:
         log.info("drained", waited_s=round(time.monotonic() - started, 3))
         return True
 
+    async def close_connections(self, request: web.Request,
+                                response: web.StreamResponse) -> None:
+        """on_response_prepare: while draining, the connections of refused and finished
+        requests close after their answer (probes of /readyz and the like keep theirs)."""
+        if self.draining and request.path not in DRAIN_OPEN_PATHS:
+            response.force_close()
+            response.headers["Connection"] = "close"  # the headers are already made up
+
     def middleware(self) -> Callable[..., Awaitable[web.StreamResponse]]:
         @web.middleware
         async def drain_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -48,7 +56,7 @@ class Drain:
                 raise GatewayError(
                     "upstream_unavailable", "The gateway is shutting down; retry the request "
                     "(another instance takes it).", status=503,
-                    headers={"retry-after": "1", "connection": "close"})
+                    headers={"retry-after": "1"})
             self.in_flight += 1
             self._idle.clear()
             try:

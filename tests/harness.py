@@ -24,5 +24,5 @@ async def start_gateway(config: Config, **limits: Any) -> GatewayTestServer:
     base = Limits.of(config.server)
     merged = Limits(**{**base.__dict__, **limits})
     server = GatewayTestServer(create_app(config, registry=CollectorRegistry()), merged)
-    await server.start_server()
+    await server.start_server(access_log=None)  # as served: our own access lines only
     return server

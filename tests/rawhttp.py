@@ -37,10 +37,13 @@ class Conn:
         return cls(reader, writer)
 
     async def exchange(self, data: bytes, timeout: float = 10.0, *,
-                       head: bool = False) -> Reply:
+                       head: bool = False, interim: bool = False) -> Reply:
         self.writer.write(data)
         await self.writer.drain()
-        return await asyncio.wait_for(self.read_reply(head=head), timeout)
+        reply = await asyncio.wait_for(self.read_reply(head=head), timeout)
+        while reply.status == 100 and interim:  # `Expect: 100-continue`: the answer follows
+            reply = await asyncio.wait_for(self.read_reply(head=head), timeout)
+        return reply
 
     async def read_reply(self, *, head: bool = False) -> Reply:
         try:
@@ -63,7 +66,10 @@ class Conn:
         connection = (reply.header("connection") or "").lower()
         reply.closes = connection == "close" or (
             parts[0] == b"HTTP/1.0" and connection != "keep-alive")
-        if head or reply.status in (204, 304) or 100 <= reply.status < 200:
+        # a HEAD the server could not parse is answered as HTTP/1.0 with its body: it could
+        # not know the method
+        if (head and parts[0] == b"HTTP/1.1") or reply.status in (204, 304) or (
+                100 <= reply.status < 200):
             return reply
         reply.body = await self._read_body(reply)
         return reply

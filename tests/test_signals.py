@@ -116,6 +116,7 @@ async def test_sigterm_drains_requests_and_streams_in_flight(aiohttp_server: Any
             assert await readyz(session, gw) == (503, {"status": "draining"})
             async with session.post(url, json={"model": "gpt-image-1", "prompt": "c"}) as refused:
                 assert refused.status == 503 and refused.headers["retry-after"] == "1"
+                assert refused.headers["connection"] == "close"
             rest = await stream.content.read()
             assert b"image_generation.completed" in rest
             answer = await plain

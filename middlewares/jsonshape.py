@@ -1,0 +1,68 @@
+"""JSON bodies checked for shape before decoding: bounded nesting, no repeated top-level key."""
+from __future__ import annotations
+
+import re
+
+import msgspec
+from imagegate.config.errors import GatewayError
+
+MAX_DEPTH = 32  # OpenAI's bodies nest 3 deep; far below any recursion limit
+_NEXT = re.compile(rb'[\[\]{},"]')
+
+
+def check_json_shape(raw: bytes) -> None:
+    """400 for a body nested deeper than MAX_DEPTH, or naming a top-level key twice (the gateway
+    would check one value and an upstream might read the other: `{"model": "a", "model": "b"}`
+    must not slip past the allowlist). Malformed JSON is left to the decoder. Strings are
+    skipped with bytes.find, so a body of base64 costs a memchr, not a regex."""
+    depth, keys, expect_key, pos = 0, set[str](), False, 0
+    while (m := _NEXT.search(raw, pos)) is not None:
+        at = m.start()
+        char = raw[at]
+        pos = at + 1
+        if char == 0x22:  # '"'
+            pos = _string_end(raw, pos) + 1
+            if expect_key:
+                expect_key = False
+                _new_key(keys, raw[at:pos])
+        elif char in (0x7B, 0x5B):  # '{' '['
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise GatewayError("invalid_value", f"The JSON body is nested more than "
+                                   f"{MAX_DEPTH} levels deep.")
+            expect_key = depth == 1 and char == 0x7B
+        elif char in (0x7D, 0x5D):  # '}' ']'
+            depth -= 1
+        else:  # ','
+            expect_key = depth == 1
+
+
+def _string_end(raw: bytes, i: int) -> int:
+    """The index of the quote closing a string whose text starts at i."""
+    while (j := raw.find(b'"', i)) >= 0:
+        k = j - 1
+        while k >= i and raw[k] == 0x5C:  # backslashes before it: an odd count escapes it
+            k -= 1
+        if (j - 1 - k) % 2 == 0:
+            return j
+        i = j + 1
+    return len(raw)
+
+
+def _new_key(keys: set[str], token: bytes) -> None:
+    name = _key(token)
+    if name in keys:
+        shown = name[:64]
+        raise GatewayError("invalid_value", f"The JSON body names {shown!a} more than once.",
+                           param=shown if shown.isprintable() else None)
+    keys.add(name)
+
+
+def _key(token: bytes) -> str:
+    """A key as the decoder will see it (`"\\u006dodel"` is `model`)."""
+    if b"\\" not in token:
+        return token[1:-1].decode("utf-8", "surrogateescape")
+    try:
+        return str(msgspec.json.decode(token))
+    except msgspec.DecodeError:
+        return token.decode("utf-8", "surrogateescape")
