@@ -71,6 +71,7 @@ class GeneratedImage(msgspec.Struct, kw_only=True):
     url: str | None = None
     mime: str | None = None  # when the provider says (data URI prefix, inlineData.mimeType)
     revised_prompt: str | None = None
+    partials: list[str] | None = None  # base64 renders, coarse to fine (stream partial_images)
 
 
 class ProviderResult(msgspec.Struct, kw_only=True):
@@ -78,6 +79,11 @@ class ProviderResult(msgspec.Struct, kw_only=True):
     created: int
     usage: Usage | None = None
     failed: int = 0  # images the provider reported as failed inside a 200 answer
+    # what the provider says it made, as gpt-image-1 answers (None: not reported)
+    size: str | None = None
+    quality: str | None = None
+    background: str | None = None
+    output_format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class Capabilities:
     images_per_call: int = 1  # n above this is made by concurrent calls
     max_input_images: int = 16
     formats: bool = False  # makes output_format / output_compression itself: no transcoding
+    partial_images: bool = False  # renders stream partial_images itself
 
 
 def bearer(api_key: str) -> dict[str, str]:

@@ -1,10 +1,13 @@
-"""The offline `local` provider: deterministic Pillow images from the prompt, real masked edits."""
+"""The offline `local` provider: deterministic Pillow images from the prompt, real masked edits,
+answers shaped like gpt-image-1's (usage, size, quality, background, output_format; partial
+renders when streamed), and routes that act as test doubles (latency_s, fail)."""
 from __future__ import annotations
 
 import base64
 import colorsys
 import hashlib
 import io
+import math
 import random
 import textwrap
 from collections.abc import Iterator, Sequence
@@ -17,13 +20,17 @@ from imagegate.adapters.base import (
     ImageRequest,
     ProviderResult,
     parse_size,
+    status_error,
 )
+from imagegate.config.api import Usage
 from imagegate.config.errors import GatewayError
 from imagegate.config.images import InputImage
+from imagegate.config.schema import Fault, Route
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 CAPABILITIES = Capabilities(
-    generate=True, edit=True, mask=True, images_per_call=10, max_input_images=16, formats=True
+    generate=True, edit=True, mask=True, images_per_call=10, max_input_images=16, formats=True,
+    partial_images=True,
 )
 FORMATS: dict[str, tuple[str, str]] = {  # output_format -> (Pillow format, mime)
     "png": ("PNG", "image/png"),
@@ -59,9 +66,17 @@ def render(req: ImageRequest) -> ProviderResult:
         _art(size or DEFAULT_SIZE, _rng(req, i, ()), req.prompt, transparent=transparent)
         for i in range(req.n)
     )
-    # Encoded one by one so n large images are never all held decoded at once.
-    return ProviderResult(images=[_encode(im, fmt, req.output_compression) for im in images],
-                          created=0)
+    partials = (req.partial_images or 0) if req.stream else 0
+    made: list[GeneratedImage] = []
+    side = size or DEFAULT_SIZE
+    for im in images:  # encoded one by one: n large images are never all held decoded at once
+        side = im.size
+        made.append(_encode(im, fmt, req.output_compression, partials))
+    inputs = [_decode_size(x.data) for x in req.images]
+    return ProviderResult(
+        images=made, created=0, usage=_usage(req, side, len(made), inputs),
+        size=_reported_size(side), quality=_quality(req.quality),
+        background="transparent" if transparent else "opaque", output_format=fmt)
 
 
 def _target_size(size: str | None) -> tuple[int, int] | None:
@@ -225,8 +240,24 @@ def _decode(data: bytes, param: str, draft: tuple[int, int] | None = None) -> Im
 # --- output ---------------------------------------------------------------------------------
 
 
-def _encode(img: Image.Image, fmt: str, compression: int | None) -> GeneratedImage:
-    pil_format, mime = FORMATS[fmt]
+def _encode(img: Image.Image, fmt: str, compression: int | None,
+            partials: int = 0) -> GeneratedImage:
+    """The image in its format; with `partials`, that many coarser renders of it first (blocks
+    of 2^(k+2) pixels down to 8, as a progressive UI would show them arrive)."""
+    coarse = [_encode_one(_pixelate(img, 2 ** (partials - k + 2)), fmt, compression)
+              for k in range(partials)]
+    final = _encode_one(img, fmt, compression)
+    return GeneratedImage(b64_json=final, mime=FORMATS[fmt][1], partials=coarse or None)
+
+
+def _pixelate(img: Image.Image, block: int) -> Image.Image:
+    w, h = img.size
+    small = img.resize((max(1, w // block), max(1, h // block)), Image.Resampling.BOX)
+    return small.resize((w, h), Image.Resampling.NEAREST)
+
+
+def _encode_one(img: Image.Image, fmt: str, compression: int | None) -> str:
+    pil_format, _ = FORMATS[fmt]
     options: dict[str, object] = {}
     if fmt != "png":
         options["quality"] = DEFAULT_QUALITY if compression is None else compression
@@ -237,7 +268,103 @@ def _encode(img: Image.Image, fmt: str, compression: int | None) -> GeneratedIma
         img = img.convert("RGB")
     buf = io.BytesIO()
     img.save(buf, pil_format, **options)
-    return GeneratedImage(b64_json=base64.b64encode(buf.getvalue()).decode("ascii"), mime=mime)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# --- answers shaped like gpt-image-1's ------------------------------------------------------
+
+# gpt-image-1's output tokens for a 1024x1024 image by quality (OpenAI's pricing table); other
+# sizes scale with their pixels. `auto` is reported as what it stood for: high.
+OUTPUT_TOKENS_1024 = {"low": 272, "medium": 1056, "high": 4160}
+
+
+SCHEMA_SIZES = ("1024x1024", "1024x1536", "1536x1024")  # what OpenAI's answer schema allows
+
+
+def _reported_size(side: tuple[int, int]) -> str | None:
+    """The answer's `size`: only one of the schema's values (other sizes leave it out)."""
+    size = f"{side[0]}x{side[1]}"
+    return size if size in SCHEMA_SIZES else None
+
+
+def _quality(asked: str | None) -> str:
+    return asked if asked in OUTPUT_TOKENS_1024 else "high"
+
+
+def _usage(req: ImageRequest, size: tuple[int, int], images: int,
+           inputs: Sequence[tuple[int, int]]) -> Usage:
+    """Token counts as gpt-image-1 would report them (estimates: text ~4 characters a token,
+    an input image 65 + 129 per 512-pixel tile)."""
+    text = max(1, math.ceil(len(req.prompt) / 4))
+    image_in = sum(65 + 129 * math.ceil(w / 512) * math.ceil(h / 512) for w, h in inputs)
+    per_image = round(OUTPUT_TOKENS_1024[_quality(req.quality)] * size[0] * size[1] / 1024 ** 2)
+    out = max(1, per_image) * images
+    return Usage(input_tokens=text + image_in, output_tokens=out,
+                 total_tokens=text + image_in + out,
+                 input_tokens_details={"text_tokens": text, "image_tokens": image_in},
+                 output_tokens_details={"image_tokens": out, "text_tokens": 0})
+
+
+def _decode_size(data: bytes) -> tuple[int, int]:
+    try:
+        with Image.open(io.BytesIO(data), formats=INPUT_FORMATS) as img:
+            return img.size
+    except Exception:  # undecodable inputs were refused before; count them as one tile
+        return (512, 512)
+
+
+# --- routes as test doubles -----------------------------------------------------------------
+
+
+class TestDouble:
+    """A `local` route's latency_s and fail: its attempts wait, and some fail on purpose.
+    Deterministic: `every: N` counts this route's attempts; `rate: p` draws from `seed`."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, route: Route) -> None:
+        self.latency_s = route.latency_s
+        self.plan = route.fail
+        seed = route.fail.seed if route.fail is not None else 0
+        self._faults, self._waits = random.Random(seed), random.Random(seed + 1)
+        self.attempts = 0
+
+    def latency(self) -> float:
+        if isinstance(self.latency_s, list):
+            low, high = self.latency_s
+            return self._waits.uniform(low, high)
+        return self.latency_s or 0.0
+
+    def fault(self) -> Fault | None:
+        """The fault this attempt has, if any."""
+        self.attempts += 1
+        plan = self.plan
+        if plan is None:
+            return None
+        if plan.every is not None:
+            return plan if self.attempts % plan.every == 0 else None
+        return plan if self._faults.random() < (plan.rate or 0.0) else None
+
+
+def fault_error(fault: Fault, provider: str) -> tuple[int, str, GatewayError]:
+    """(HTTP status, attempt outcome, error) of a fault: what the same failure from a real
+    provider answers, so fallback, rests and metrics treat it alike."""
+    kind = fault.with_
+    if kind == "upstream_rate_limited":
+        wait = str(max(1, math.ceil(fault.retry_after_s)))
+        return 429, "rate_limited", status_error(429, "", retry_after=wait)
+    if kind == "upstream_unavailable":
+        error = status_error(503, "")
+        error.message = f"The provider '{provider}' failed (HTTP 503)."
+        return 503, "server_error", error
+    if kind == "upstream_timeout":
+        return 0, "timeout", GatewayError("upstream_timeout",
+                                          f"The provider '{provider}' timed out.")
+    if kind == "content_policy_violation":
+        return 400, "client_error", GatewayError(
+            "content_policy_violation", "The request was rejected by the provider's safety "
+            "system.", param="prompt")
+    return 200, "ok", GatewayError("no_image", "The provider answered without an image.")
 
 
 ADAPTER = Adapter(type="local", capabilities=CAPABILITIES, render=render)

@@ -108,6 +108,7 @@ class ImageStreamEvent(msgspec.Struct, omit_defaults=True):
     background: str | UnsetType = UNSET
     output_format: str | UnsetType = UNSET
     usage: Usage | UnsetType = UNSET
+    partial_image_index: int | UnsetType = UNSET
 
 
 class ErrorBody(msgspec.Struct):

@@ -12,7 +12,14 @@ import msgspec
 import yaml
 from imagegate.config.api import ImageGenerateRequest
 from imagegate.config.prices import check_price
-from imagegate.config.schema import PROVIDER_TYPES, Config, Limits, ModelConfig, Provider
+from imagegate.config.schema import (
+    PROVIDER_TYPES,
+    Config,
+    Limits,
+    ModelConfig,
+    Provider,
+    Route,
+)
 
 EXAMPLES = Path(__file__).parent / "examples"
 DEFAULT_CONFIG = EXAMPLES / "default.yaml"
@@ -158,6 +165,19 @@ def _typed_defaults(name: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
     return {field: getattr(typed, field) for field in defaults}
 
 
+def _check_test_double(route: Route, kind: str, where: str) -> None:
+    """latency_s and fail make a `local` route a test double; other providers' are real."""
+    for option in ("latency_s", "fail"):
+        if getattr(route, option) is not None and kind != "local":
+            raise ConfigError(f"{where}.{option}", "only routes to a `local` provider take "
+                              f"{option} (a provider of type {kind!r} is real)")
+    if isinstance(route.latency_s, list) and (
+            len(route.latency_s) != 2 or route.latency_s[0] > route.latency_s[1]):
+        raise ConfigError(f"{where}.latency_s", "expected seconds, or [min, max] with min <= max")
+    if route.fail is not None and (route.fail.every is None) == (route.fail.rate is None):
+        raise ConfigError(f"{where}.fail", "exactly one of every or rate is required")
+
+
 def _cross_check(config: Config) -> None:
     seen_names: dict[str, str] = {}
     for name, model in config.models.items():
@@ -169,6 +189,8 @@ def _cross_check(config: Config) -> None:
             problem = route.price and check_price(route.price)
             if problem:
                 raise ConfigError(f"models.{name}.routes[{i}].price", problem)
+            _check_test_double(route, config.providers[route.provider].type,
+                               f"models.{name}.routes[{i}]")
         for j, alias in enumerate([name, *model.aliases]):
             where = f"models.{name}" if j == 0 else f"models.{name}.aliases[{j - 1}]"
             if alias in seen_names:

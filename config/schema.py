@@ -164,6 +164,17 @@ class Price(Strict, frozen=True):
     tokens: TokenPrice | None = None
 
 
+class Fault(Strict, frozen=True, kw_only=True):
+    """A `local` route failing on purpose, as that error from a real provider would."""
+
+    every: Annotated[int, Meta(ge=1)] | None = None  # every Nth attempt fails
+    rate: Annotated[float, Meta(ge=0, le=1)] | None = None  # or this share, drawn from `seed`
+    seed: int = 0
+    with_: Literal["upstream_unavailable", "upstream_rate_limited", "upstream_timeout",
+                   "content_policy_violation", "no_image"] = msgspec.field(name="with")
+    retry_after_s: Annotated[float, Meta(gt=0)] = 1.0  # sent with upstream_rate_limited
+
+
 class Route(Strict, frozen=True):
     provider: str
     model: str | None = None  # defaults to the public model name
@@ -172,6 +183,8 @@ class Route(Strict, frozen=True):
     watermark: bool = False  # Ark / Z.AI: ask for the provider's visible mark
     image_only: bool = False  # OpenRouter / Gemini: request only the image modality
     price: Price | None = None  # USD; None: unpriced (unknown, never free)
+    latency_s: Annotated[float, Meta(ge=0)] | list[Annotated[float, Meta(ge=0)]] | None = None
+    fail: Fault | None = None  # `local` routes only, with latency_s: a test double
 
 
 class ModelConfig(Strict, frozen=True):

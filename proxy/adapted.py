@@ -11,6 +11,7 @@ import msgspec
 import structlog
 from aiohttp import web
 from imagegate.adapters.base import ImageRequest, ProviderResult, UpstreamRequest, UpstreamResponse
+from imagegate.adapters.local import TestDouble, fault_error
 from imagegate.config.api import ImagesResponse, Usage
 from imagegate.config.errors import GatewayError
 from imagegate.middlewares.headers import header_list
@@ -32,6 +33,7 @@ class Produced:
     body: ImagesResponse
     failed: int  # images asked for and not delivered
     broken: bool = False  # an adapted answer is whole before it is sent
+    partials: list[list[str]] | None = None  # per image of body.data: partial renders (b64)
 
     @property
     def images(self) -> int:
@@ -79,27 +81,36 @@ def prepare(state: ProviderState, req: ImageRequest
             raise
         raise Unsuitable(error) from None
     dropped = encoded[0].dropped if encoded else ()
-    if req.stream and req.partial_images:
+    if req.stream and req.partial_images and not state.adapter.capabilities.partial_images:
         dropped = (*dropped, "partial_images")  # one completed event per image, no partials
     return encoded, (*dropped, *req.unknown)
 
 
 async def render(upstream: Upstream, state: ProviderState, req: ImageRequest,
-                 make: Callable[[ImageRequest], ProviderResult]) -> ProviderResult:
-    """An offline provider's attempt: capped, logged and counted like an HTTP one."""
+                 make: Callable[[ImageRequest], ProviderResult],
+                 double: TestDouble | None = None) -> ProviderResult:
+    """An offline provider's attempt: capped, logged and counted like an HTTP one. A route's
+    test double (latency_s, fail) waits, then fails as that error from a real provider."""
     async with upstream.slot(state, req.model, "render") as slot:  # failures: slot.failure
+        if double is not None:
+            await asyncio.sleep(double.latency())
+            fault = double.fault()
+            if fault is not None:
+                slot.status, slot.outcome, error = fault_error(fault, state.name)
+                raise error
         result = await asyncio.to_thread(make, req)
         slot.status, slot.outcome = 200, "ok"
         return result
 
 
 async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequest,
-                        encoded: list[UpstreamRequest]) -> tuple[list[ProviderResult], int]:
+                        encoded: list[UpstreamRequest], double: TestDouble | None = None
+                        ) -> tuple[list[ProviderResult], int]:
     """The provider's answers to the fan-out, and how many images the failed calls would have
     made (some calls failing does not sink the others)."""
     adapter = state.adapter
     if adapter.render is not None:
-        return [await render(upstream, state, req, adapter.render)], 0
+        return [await render(upstream, state, req, adapter.render, double)], 0
     decode = adapter.decode_response
     assert decode is not None
 
@@ -164,9 +175,9 @@ def sum_usage(results: Sequence[ProviderResult]) -> Usage | None:
 
 
 async def produce(gw: Gateway, request: web.Request, state: ProviderState, req: ImageRequest,
-                  encoded: list[UpstreamRequest]) -> Produced:
+                  encoded: list[UpstreamRequest], double: TestDouble | None = None) -> Produced:
     """Calls the provider, then normalises its images into the client's answer."""
-    results, lost = await call_provider(gw.upstream, state, req, encoded)
+    results, lost = await call_provider(gw.upstream, state, req, encoded, double)
     lost += sum(r.failed for r in results)
     # a provider that answers more images than asked (an OpenRouter model replying with two)
     # still gives the client exactly n
@@ -178,6 +189,8 @@ async def produce(gw: Gateway, request: web.Request, state: ProviderState, req: 
     outcomes = await asyncio.gather(*(gw.finisher.image(img, req, base, done)
                                       for img in generated), return_exceptions=True)
     data = [o for o in outcomes if not isinstance(o, BaseException)]
+    partials = [img.partials or [] for img, o in zip(generated, outcomes, strict=True)
+                if not isinstance(o, BaseException)]
     failures = [o for o in outcomes if isinstance(o, BaseException)]
     for error in failures:
         if not isinstance(error, Exception):
@@ -186,9 +199,14 @@ async def produce(gw: Gateway, request: web.Request, state: ProviderState, req: 
         raise failures[0]  # an image that failed to download does not sink the others
     created = max(r.created for r in results) or int(time.time())
     usage = sum_usage(results)
+    said = results[0]  # what the provider reports making (gpt-image-1's answer fields)
+    unset = msgspec.UNSET
     body = ImagesResponse(created=created, data=data,
-                          usage=usage if usage is not None else msgspec.UNSET)
-    return Produced(body, req.n - len(data))
+                          usage=usage if usage is not None else unset,
+                          size=said.size or unset, quality=said.quality or unset,
+                          background=said.background or unset,
+                          output_format=said.output_format or unset)
+    return Produced(body, req.n - len(data), partials=partials if any(partials) else None)
 
 
 def parts(produced: Produced) -> tuple[ImagesResponse, int, dict[str, str]]:
@@ -207,11 +225,12 @@ async def answer(gw: Gateway, request: web.Request, route: RouteState, req: Imag
     state = gw.upstream.providers[route.provider]
     encoded, dropped = prepare(state, req)
     headers = {**_dropped_header(dropped), **answer_headers}
-    work = produce(gw, request, state, req, encoded)
+    work = produce(gw, request, state, req, encoded, route.double)
     if req.stream:
         kind = "image_edit" if req.operation == "edit" else "image_generation"
         streamed = await sse.stream_images(
-            request, work, parts, headers, kind, req, gw.config.server.stream_keepalive_s)
+            request, work, parts, headers, kind, req, gw.config.server.stream_keepalive_s,
+            partials=lambda p: p.partials)
         if streamed.result is None:
             return Answer(streamed.response, 0)
         return Answer(streamed.response, streamed.result.images, streamed.result.usage)
@@ -231,4 +250,4 @@ async def attempt_streamed(gw: Gateway, request: web.Request, route: RouteState,
     encoded, dropped = prepare(state, req)
     headers.pop("x-imagegate-dropped-params", None)
     headers.update(_dropped_header(dropped))
-    return await produce(gw, request, state, req, encoded)
+    return await produce(gw, request, state, req, encoded, route.double)

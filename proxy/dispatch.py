@@ -62,7 +62,8 @@ async def _stream_adapted(gw: Gateway, job: Job, plan: list[RouteState],
     work = try_routes(plan, attempt, gw.router, replayable=lambda: job.replayable,
                       on_rest=gw.share_rest, on_retry=gw.count_retry)
     streamed = await sse.stream_images(job.request, work, _parts, headers, job.kind, template,
-                                       gw.config.server.stream_keepalive_s)
+                                       gw.config.server.stream_keepalive_s,
+                                       partials=lambda s: s.result.partials)
     served = streamed.result
     if served is not None:
         _record(gw, job, served.route, served.attempts, served.result.images, served.result)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import msgspec
+from imagegate.adapters.local import TestDouble
 from imagegate.config.errors import GatewayError
 from imagegate.config.schema import Config, Route
 from imagegate.middlewares.metrics import Metrics
@@ -73,6 +74,8 @@ class RouteState:
         self.model = route.model or public_model
         self.health = health
         self.key = health.key
+        # a `local` route with latency_s or fail is a test double: its fault counter lives here
+        self.double = TestDouble(route) if route.latency_s is not None or route.fail else None
 
 
 class Router:

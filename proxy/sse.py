@@ -59,19 +59,29 @@ def describe(image: Image, req: ImageRequest) -> tuple[str, str]:
             FORMATS.get(sniff_mime(data[:16]) or "", "png"))
 
 
-def completed_events(body: ImagesResponse, kind: str, req: ImageRequest) -> list[bytes]:
+def completed_events(body: ImagesResponse, kind: str, req: ImageRequest,
+                     partials: list[list[str]] | None = None) -> list[bytes]:
     """One `*.completed` event per image with every field OpenAI's schema requires: b64_json
-    always (a `url` answer adds its link beside it), usage on the last."""
+    always (a `url` answer adds its link beside it), usage on the last; before each, its
+    partial renders (when the provider made them) as `partial_image` events, coarse to fine."""
     frames = []
     last = len(body.data) - 1
     usage = body.usage if isinstance(body.usage, Usage) else Usage()
+    said_quality = body.quality if isinstance(body.quality, str) else req.quality
+    quality = EVENT_QUALITY.get(said_quality or "auto", "auto")
+    said_background = body.background if isinstance(body.background, str) else req.background
+    background = said_background if said_background in EVENT_BACKGROUNDS else "auto"
     for i, image in enumerate(body.data):
         size, fmt = describe(image, req)
+        for k, partial in enumerate(partials[i] if partials and i < len(partials) else []):
+            event = ImageStreamEvent(
+                type=f"{kind}.partial_image", b64_json=partial, created_at=body.created,
+                size=size, quality=quality, background=background, output_format=fmt,
+                partial_image_index=k)
+            frames.append(frame(event.type, _encode(event)))
         event = ImageStreamEvent(
             type=f"{kind}.completed", b64_json=image.b64_json, url=image.url,
-            created_at=body.created, size=size,
-            quality=EVENT_QUALITY.get(req.quality or "auto", "auto"),
-            background=req.background if req.background in EVENT_BACKGROUNDS else "auto",
+            created_at=body.created, size=size, quality=quality, background=background,
             output_format=fmt, usage=usage if i == last else Usage(),
         )
         frames.append(frame(event.type, _encode(event)))
@@ -87,7 +97,9 @@ class Streamed(Generic[T]):
 async def stream_images(request: web.Request, work: Awaitable[T],
                         parts: Callable[[T], tuple[ImagesResponse, int, dict[str, str]]],
                         headers: dict[str, str], kind: str, req: ImageRequest,
-                        keepalive_s: float) -> Streamed[T]:
+                        keepalive_s: float,
+                        partials: Callable[[T], list[list[str]] | None] | None = None
+                        ) -> Streamed[T]:
     """Keep-alives while `work` runs, then its images as events; also what `work` gave (None
     when it failed after the stream had begun). `parts` reads (answer, images not delivered,
     headers naming who answered) from that result. Errors that come before the first byte keep
@@ -119,7 +131,8 @@ async def stream_images(request: web.Request, work: Awaitable[T],
                                              error.code))
             await out.write(frame("error", _encode(envelope)))
         else:
-            for data in completed_events(body, kind, req):
+            made = partials(result) if partials is not None else None
+            for data in completed_events(body, kind, req, made):
                 await out.write(data)
         await out.write_eof()
         return Streamed(out, result)

@@ -8,7 +8,7 @@ from typing import Any
 import openai
 import pytest
 from imagegate.config.loader import load_config
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 
 from tests.conftest import make_config
 from tests.schemas import checked_sdk
@@ -104,12 +104,23 @@ async def test_default_config_and_default_model(gateway: Any) -> None:
     assert {m["id"] for m in models["data"]} == {"local", "gpt-image-1", "dall-e-2", "dall-e-3"}
 
 
-async def test_stream_sends_one_completed_event_per_image(sdk: Any) -> None:
-    stream = await sdk.images.generate(model="local", prompt="p", n=2, size="32x32", stream=True,
+async def test_stream_sends_partial_renders_before_each_completed_event(sdk: Any) -> None:
+    stream = await sdk.images.generate(model="local", prompt="p", n=2, size="64x64", stream=True,
                                        partial_images=2)
     events = [event async for event in stream]
-    assert [e.type for e in events] == ["image_generation.completed"] * 2
-    assert decode(events[0].b64_json).size == (32, 32)
+    kinds = ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+    assert [e.type for e in events] == kinds * 2
+    assert [e.partial_image_index for e in events if e.type.endswith("partial_image")] == [
+        0, 1, 0, 1]
+    final = decode(events[2].b64_json).convert("RGB")
+    assert final.size == (64, 64)
+    # real renders of the same image, each finer than the one before: closer to the final
+    errors = [sum(ImageStat.Stat(ImageChops.difference(decode(e.b64_json).convert("RGB"),
+                                                       final)).sum) for e in events[:2]]
+    assert errors[0] > errors[1] > 0
+    assert events[2].size == "auto" and events[2].quality == "high"  # 64x64: not in the enum
+    assert events[2].output_format == "png" and events[2].background == "opaque"
+    assert events[-1].usage.output_tokens > 0 and events[-1].usage.input_tokens_details
     edit = await sdk.images.edit(model="local", prompt="p", stream=True,
                                  image=("a.png", png((16, 16), (1, 2, 3)), "image/png"))
     assert [e.type async for e in edit] == ["image_edit.completed"]
