@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imagegate", description="OpenAI-compatible image gateway.")
     parser.add_argument("--version", action="version", version=f"imagegate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the gateway")
+    serve = sub.add_parser(
+        "serve", help="run the gateway",
+        description="Run the gateway. SIGHUP re-reads the config file (an invalid one is "
+        "refused and the old one keeps serving); SIGTERM drains: /readyz answers 503, requests "
+        "in flight finish within server.graceful_shutdown_s, then it exits 0.")
     serve.add_argument("--config", help="config file (default: $IMAGEGATE_CONFIG, else the "
                        "bundled offline config serving the `local` provider)")
     serve.add_argument("--host", help="listen address (overrides server.host)")

@@ -31,38 +31,46 @@ class Gateway:
     long-lived parts (sessions, storage, Redis clients, unchanged route health); a request keeps
     the Gateway it started with until it ends."""
 
+    router: Router
+    upstream: Upstream
+    store: ImageStore
+    fetcher: Fetcher
+    finisher: Finisher
+    probe: ReadinessProbe
+    shared: SharedRests | None
+
     def __init__(self, config: Config, metrics: Metrics, router: Router | None = None,
-                 store: ImageStore | None = None, rest_sync_s: float = 1.0) -> None:
+                 store: ImageStore | None = None, rest_sync_s: float = 1.0, *,
+                 previous: Gateway | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self.models = ModelTable(config)
         self.model_lists: dict[tuple[str, ...], bytes] = {}  # encoded /v1/models answers
+        self.public_base_url = public_base_url(config)
+        if previous is not None:  # a reload: see successor()
+            self.router = previous.router.successor(config, previous.config)
+            self.upstream = previous.upstream.successor(config)
+            self.store, self.fetcher = previous.store, previous.fetcher
+            self.finisher, self.probe = previous.finisher, previous.probe
+            self.shared = previous.shared
+            if self.shared is not None:
+                self.shared.follow(self.router)
+            return
         self.router = router or Router(config, metrics)
         self.upstream = Upstream(config, metrics)
         self.store = store or ImageStore(config.storage, redis_url=config.state.redis_url)
         self.fetcher = Fetcher(config.fetch)
         self.finisher = Finisher(self.store, self.fetcher)
-        self.public_base_url = public_base_url(config)
         self.probe = ReadinessProbe()
-        self.shared: SharedRests | None = None
+        self.shared = None
         if config.state.backend == "redis":
             self.shared = SharedRests(config.state.redis_url, self.router, rest_sync_s)
 
     def successor(self, config: Config) -> Gateway:
-        """The Gateway of a reloaded config (state, storage and fetch are the same: they need
-        a restart, see proxy/reload.py)."""
-        new = object.__new__(Gateway)
-        new.config, new.metrics = config, self.metrics
-        new.models = ModelTable(config)
-        new.model_lists = {}
-        new.router = self.router.successor(config, self.config)
-        new.upstream = self.upstream.successor(config)
-        new.store, new.fetcher, new.finisher = self.store, self.fetcher, self.finisher
-        new.public_base_url = public_base_url(config)
-        new.probe, new.shared = self.probe, self.shared
-        if new.shared is not None:
-            new.shared.follow(new.router)
-        return new
+        """The Gateway of a reloaded config. It shares the long-lived parts: the upstream
+        session and unchanged providers' slots, route health of unchanged pairs, storage, the
+        fetcher and the Redis clients (state, storage and fetch need a restart to change)."""
+        return Gateway(config, self.metrics, previous=self)
 
     async def share_rest(self, route: RouteState, seconds: float | None = None) -> None:
         """A route this gateway sent to rest rests on every gateway sharing the Redis."""

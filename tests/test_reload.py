@@ -156,3 +156,32 @@ async def test_limit_counters_carry_over_a_reload(gateway: Any, tmp_path: Any,
     assert [await status() for _ in range(2)] == [200, 200]
     client.server.app[GENERATIONS].reload(limited(3))  # one more a minute, same window
     assert [await status() for _ in range(2)] == [200, 429]
+
+
+async def test_shared_rests_reach_the_reloaded_router(gateway: Any, tmp_path: Any,
+                                                      openai_upstream: Any) -> None:
+    from tests.redis_server import redis_server
+
+    recorder, url = openai_upstream
+    recorder.mode = "server_error"
+    with redis_server(tmp_path) as redis_url:
+        def shared(**models: Any) -> Any:
+            return make_config(
+                {"state": {"backend": "redis", "redis_url": redis_url}}, tmp_path=tmp_path,
+                providers={"openai": {"type": "openai", "base_url": url,
+                                      "api_key": openai_mock.API_KEY}},
+                models={"gpt-image-1": {"routes": [{"provider": "openai"}]}, **models})
+
+        fresh = {"routes": [{"provider": "openai", "model": "dall-e-3"}]}
+        first, second = await gateway(shared(fresh=fresh)), await gateway(shared())
+        generations = second.server.app[GENERATIONS]
+        generations.reload(shared(fresh=fresh))  # a pair the second gateway had not routed
+        body = {"model": "fresh", "prompt": "p"}
+        for _ in range(3):  # the first gateway rests (openai, dall-e-3) for everyone
+            assert (await first.post("/v1/images/generations", json=body)).status == 502
+        shared_rests = generations.current.gateway.shared
+        assert shared_rests is not None
+        await shared_rests.sync_once()  # the poll every gateway runs each second
+        calls = len(recorder.requests)
+        assert (await second.post("/v1/images/generations", json=body)).status == 503
+        assert len(recorder.requests) == calls
