@@ -108,7 +108,8 @@ class Adapter:
     encode_request: Callable[[ImageRequest], UpstreamRequest] | None = None
     decode_response: Callable[[UpstreamResponse], ProviderResult] | None = None
     auth_headers: Callable[[str], dict[str, str]] = bearer
-    render: Callable[[ImageRequest], ProviderResult] | None = None  # offline providers
+    # offline providers; the second argument says the request was cancelled (stop between images)
+    render: Callable[[ImageRequest, Callable[[], bool]], ProviderResult] | None = None
     passthrough: bool = False  # OpenAI-native: the request is forwarded as bytes, not encoded
     policy: Mapping[str, Policy] = field(default_factory=dict)
     # Given a call and its answer, a changed call to send once instead (e.g. OpenRouter's

@@ -10,7 +10,7 @@ import io
 import math
 import random
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 
 from imagegate.adapters.base import (
@@ -24,7 +24,7 @@ from imagegate.adapters.base import (
 )
 from imagegate.config.api import Usage
 from imagegate.config.errors import GatewayError
-from imagegate.config.images import InputImage
+from imagegate.config.images import InputImage, image_size
 from imagegate.config.schema import Fault, Route
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -52,7 +52,18 @@ MAX_TEXT_LINES = 3
 _EDITABLE = [255] + [0] * 255  # point() table: mask alpha 0 -> edit (255), anything else -> keep
 
 
-def render(req: ImageRequest) -> ProviderResult:
+class RenderStopped(Exception):
+    """The request was cancelled: the render stopped before its next image."""
+
+
+def _until(images: Iterator[Image.Image], stopped: Callable[[], bool]) -> Iterator[Image.Image]:
+    for image in images:
+        yield image
+        if stopped():
+            raise RenderStopped
+
+
+def render(req: ImageRequest, stopped: Callable[[], bool] = lambda: False) -> ProviderResult:
     fmt = req.output_format or "png"
     if fmt not in FORMATS:
         raise GatewayError("invalid_value", "output_format must be png, jpeg or webp.",
@@ -69,7 +80,7 @@ def render(req: ImageRequest) -> ProviderResult:
     partials = (req.partial_images or 0) if req.stream else 0
     made: list[GeneratedImage] = []
     side = size or DEFAULT_SIZE
-    for im in images:  # encoded one by one: n large images are never all held decoded at once
+    for im in _until(iter(images), stopped):  # one by one: never all n held decoded at once
         side = im.size
         made.append(_encode(im, fmt, req.output_compression, partials))
     inputs = [_decode_size(x.data) for x in req.images]
@@ -220,6 +231,10 @@ def _decode(data: bytes, param: str, draft: tuple[int, int] | None = None) -> Im
     """Untrusted bytes -> an RGB or RGBA image, or a 400 naming `param`."""
     bad = GatewayError("invalid_value", f"The {param} could not be decoded as PNG, JPEG, WebP "
                        "or GIF.", param=param)
+    size = image_size(data)
+    if size is not None and size[0] * size[1] > MAX_INPUT_PIXELS:  # before Pillow opens it
+        raise GatewayError("invalid_value", f"The {param} is larger than "
+                           f"{MAX_INPUT_PIXELS // 1_000_000} megapixels.", param=param)
     try:
         img = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
     except Exception as exc:  # Pillow raises many types on malformed input

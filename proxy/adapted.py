@@ -3,6 +3,7 @@ as concurrent calls (or offline renders), the answers normalised into OpenAI's s
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -87,10 +88,13 @@ def prepare(state: ProviderState, req: ImageRequest
 
 
 async def render(upstream: Upstream, state: ProviderState, req: ImageRequest,
-                 make: Callable[[ImageRequest], ProviderResult],
+                 make: Callable[[ImageRequest, Callable[[], bool]], ProviderResult],
                  double: TestDouble | None = None) -> ProviderResult:
     """An offline provider's attempt: capped, logged and counted like an HTTP one. A route's
-    test double (latency_s, fail) waits, then fails as that error from a real provider."""
+    test double (latency_s, fail) waits, then fails as that error from a real provider.
+    Cancelled, the render stops before its next image, and holds its place under
+    max_concurrency until its thread has ended (a hang-up must not let more renders run than
+    the cap)."""
     async with upstream.slot(state, req.model, "render") as slot:  # failures: slot.failure
         if double is not None:
             await asyncio.sleep(double.latency())
@@ -98,7 +102,16 @@ async def render(upstream: Upstream, state: ProviderState, req: ImageRequest,
             if fault is not None:
                 slot.status, slot.outcome, error = fault_error(fault, state.name)
                 raise error
-        result = await asyncio.to_thread(make, req)
+        stop = threading.Event()
+        work = asyncio.get_running_loop().run_in_executor(None, make, req, stop.is_set)
+        try:
+            result = await asyncio.shield(work)  # awaited below even when cancelled
+        except asyncio.CancelledError:
+            stop.set()
+            await asyncio.wait({work})
+            if not work.cancelled():
+                work.exception()  # retrieved: RenderStopped is the expected end
+            raise
         slot.status, slot.outcome = 200, "ok"
         return result
 

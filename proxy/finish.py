@@ -16,7 +16,7 @@ from imagegate.adapters.base import (
 )
 from imagegate.config.api import Image, ImagesResponse
 from imagegate.config.errors import GatewayError
-from imagegate.config.images import sniff_mime
+from imagegate.config.images import sniff_mime, within_pixels
 from imagegate.proxy.fetch import Fetcher
 from imagegate.proxy.storage import ImageStore
 from PIL import Image as PILImage
@@ -34,6 +34,8 @@ def transcode(data: bytes, mime: str, fmt: str | None,
     target = MIMES.get(fmt or "", mime)
     if target == mime and compression is None:
         return data, mime
+    if not within_pixels(data):  # a 9600x9600 answer is refused before Pillow opens it
+        raise ValueError("too many pixels to decode")
     with PILImage.open(io.BytesIO(data)) as opened:
         opened.load()
         im: PILImage.Image = opened

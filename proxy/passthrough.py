@@ -120,6 +120,12 @@ class Tally:
             else:
                 self.head, self.tail = b"", piece
 
+    @property
+    def cut(self) -> bool:
+        """An event stream that ended without a whole completed event, or inside an event
+        (an upstream that closed its connection mid-event, without chunked framing)."""
+        return self.events and (self.images == 0 or bool(self.tail.strip() or self.head))
+
     def finish(self) -> Usage | None:
         return self.usage if self.events else usage_of(self.tail)
 
@@ -206,6 +212,10 @@ async def relay(request: web.Request, call: Call, provider: str, *, stream: bool
             request.transport.close()
         call.broken = True
         return out, tally
+    if tally.cut:  # EOF inside an event reads as a clean end: the client must know it is not
+        log.warning("upstream_broke_mid_answer", provider=provider, error="stream_cut")
+        await out.write(MID_STREAM_ERROR)
+        call.broken = True
     await out.write_eof()
     return out, tally
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -15,9 +14,8 @@ from aiohttp import web
 from imagegate.adapters.base import ImageRequest
 from imagegate.config.api import ErrorBody, Image, ImagesResponse, ImageStreamEvent, Usage
 from imagegate.config.errors import GatewayError
-from imagegate.config.images import sniff_mime
+from imagegate.config.images import image_size, sniff_mime
 from imagegate.middlewares.redact import scrub
-from PIL import Image as PILImage
 
 KEEPALIVE = b": keep-alive\n\n"
 log = structlog.get_logger("imagegate.sse")
@@ -49,8 +47,10 @@ def describe(image: Image, req: ImageRequest) -> tuple[str, str]:
     format from its bytes."""
     try:
         data = base64.b64decode(image.b64_json) if isinstance(image.b64_json, str) else b""
-        with PILImage.open(io.BytesIO(data)) as opened:  # reads the header only
-            width, height = opened.size
+        found = image_size(data)  # the header only: Pillow never opens it
+        if found is None:
+            raise ValueError("no image size in the header")
+        width, height = found
     except (ValueError, OSError):  # binascii.Error is a ValueError
         return "auto", req.output_format if req.output_format in ("png", "jpeg", "webp") \
             else "png"
