@@ -1,5 +1,6 @@
-"""SIGTERM drains: /readyz turns 503 at once, new requests are refused, the ones in flight
-(streams included) finish until server.graceful_shutdown_s; then the process exits 0."""
+"""SIGTERM drains: /readyz turns 503 at once, new image requests are refused (GETs such as hosted
+links are still served), the ones in flight (streams included) finish until
+server.graceful_shutdown_s; then the process exits 0."""
 from __future__ import annotations
 
 import asyncio
@@ -52,7 +53,7 @@ class Drain:
         async def drain_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
             if request.path in DRAIN_OPEN_PATHS:
                 return await handler(request)
-            if self.draining:
+            if self.draining and request.method != "GET":  # new work; links and lists still go
                 raise GatewayError(
                     "upstream_unavailable", "The gateway is shutting down; retry the request "
                     "(another instance takes it).", status=503,

@@ -70,10 +70,33 @@ def usage_of(body: bytes) -> Usage | None:
 IMAGE_KEYS = (b'"b64_json"', b'"url"')
 
 
+IMAGE_NAMES = (b"b64_json", b"url")
+
+
 def images_in(body: bytes) -> int:
-    """Images of an OpenAI answer body, without decoding its base64 (a quote inside a string
-    is escaped, so these match only as keys)."""
-    return sum(body.count(k) for k in IMAGE_KEYS)
+    """Images of an OpenAI answer body, without decoding its base64: its strings are walked
+    quote to quote (a memchr over each base64 value, not a pattern search over the whole body),
+    and a `b64_json` or `url` string followed by `:` is a key."""
+    count, pos, find = 0, 0, body.find
+    while (start := find(b'"', pos)) >= 0:
+        end = find(b'"', start + 1)
+        while end > 0 and _escaped(body, end):
+            end = find(b'"', end + 1)
+        if end < 0:
+            break
+        pos = end + 1
+        if end - start - 1 <= 8 and body[start + 1:end] in IMAGE_NAMES \
+                and body[pos:pos + 16].lstrip()[:1] == b":":
+            count += 1
+    return count
+
+
+def _escaped(body: bytes, quote: int) -> bool:
+    """Whether the quote at `quote` is escaped (an odd run of backslashes before it)."""
+    run = 0
+    while body[quote - 1 - run] == 0x5C:
+        run += 1
+    return run % 2 == 1
 
 
 def add_usage(total: Usage | None, more: Usage | None) -> Usage | None:

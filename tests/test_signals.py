@@ -117,6 +117,8 @@ async def test_sigterm_drains_requests_and_streams_in_flight(aiohttp_server: Any
             async with session.post(url, json={"model": "gpt-image-1", "prompt": "c"}) as refused:
                 assert refused.status == 503 and refused.headers["retry-after"] == "1"
                 assert refused.headers["connection"] == "close"
+            async with session.get(f"{gw.base_url}/v1/models") as listed:  # GETs still answer
+                assert listed.status == 200
             rest = await stream.content.read()
             assert b"image_generation.completed" in rest
             answer = await plain
