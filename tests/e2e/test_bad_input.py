@@ -203,3 +203,13 @@ async def test_more_malformed_requests(client: Any) -> None:
                              headers={"Content-Type": ctype, **auth()})
     assert resp.status == 400 and envelope_ok(await resp.json())["param"] == "model"
     assert not client.recorder.requests
+
+
+async def test_unknown_enum_values_in_a_multipart_edit_reach_openai(client: Any) -> None:
+    body, ctype = multipart([("model", None, b"gpt-image-1"), ("prompt", None, b"p"),
+                             ("quality", None, b"xhigh"), ("image", "a.png", PNG)])
+    resp = await client.post("/v1/images/edits", data=body,
+                             headers={"Content-Type": ctype, **auth()})
+    assert resp.status == 200
+    fields = {p.name: p.text for p in client.recorder.last.parts if not p.filename}
+    assert fields["quality"] == "xhigh"

@@ -423,8 +423,7 @@ async def test_a_replay_consumes_no_limit_and_costs_nothing(aiohttp_client: Any,
         models={"gpt-image-1": {"routes": [{"provider": "openai", "price": {"per_image": 0.04}}]}})
     registry = CollectorRegistry()
     client = await aiohttp_client(create_app(config, registry=registry))
-    async with openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=GATEWAY_KEY,
-                                  max_retries=0) as api:
+    async with checked_sdk(str(client.make_url("/v1")), GATEWAY_KEY) as api:
         first = await api.images.with_raw_response.generate(**PROMPT, **key())
         again = await api.images.with_raw_response.generate(**PROMPT, **key())
         with pytest.raises(openai.RateLimitError):  # the one request a minute is spent

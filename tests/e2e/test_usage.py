@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import make_config
 from tests.middlewares.usage_app import Clock
+from tests.schemas import checked_sdk
 from tests.upstreams.openai import API_KEY
 
 TOKENS = {"tokens": {"input_text": 5.0, "input_image": 10.0, "output": 40.0}}
@@ -32,7 +33,7 @@ def config(base: str, key: dict[str, Any] | None = None, state: dict[str, Any] |
 
 
 def sdk(client: Any) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=KEY, max_retries=0)
+    return checked_sdk(str(client.make_url("/v1")), KEY)
 
 
 def sample(client: Any, name: str, **labels: str) -> float | None:
