@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.conftest import make_config
 from tests.e2e.test_routing import Clock
+from tests.schemas import checked_sdk
 
 BODY = {"model": "m", "prompt": "p", "size": "16x16"}
 
@@ -85,7 +86,7 @@ async def test_rate_limited_with_retry_after_rests_that_long(aiohttp_client: Any
 async def test_each_fault_answers_as_the_real_error(gateway: Any, fault: str, status: int,
                                                     code: str) -> None:
     client = await gateway(double({"fail": {"every": 1, "with": fault}}, fallback=False))
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
     try:
         with pytest.raises(openai.APIStatusError) as info:
             await sdk.images.generate(model="m", prompt="p", size="16x16")
@@ -125,7 +126,7 @@ async def test_latency_fixed_and_ranged(gateway: Any) -> None:
 
 async def test_answers_are_shaped_like_gpt_image_1(gateway: Any) -> None:
     client = await gateway(make_config())
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="x", max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "x")
     try:
         result = await sdk.images.generate(model="local", prompt="a kite", size="1024x1536",
                                            quality="low", output_format="webp", n=2)

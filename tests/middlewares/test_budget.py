@@ -9,6 +9,7 @@ from structlog.testing import capture_logs
 
 from tests.middlewares.test_ratelimit import gen
 from tests.middlewares.usage_app import Clock, usage_app, usage_config
+from tests.schemas import checked_sdk
 
 TABLE = {"per_image": {"1024x1024/low": 0.011, "1024x1024/high": 0.167, "*/medium": 0.063,
                        "*": 0.25}}
@@ -84,8 +85,7 @@ async def test_a_daily_budget_refuses_what_cannot_fit_until_midnight(aiohttp_cli
     assert (error["type"], error["code"]) == ("insufficient_quota", "budget_exceeded")
     assert refused.headers["retry-after"] == str(4 * 3600)
     assert refused.headers["x-imagegate-budget-remaining-usd"] == "0.1"
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="team-a",
-                             max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "team-a")
     with pytest.raises(openai.RateLimitError):
         await sdk.images.generate(model="img", prompt="p")
     clock.now += 4 * 3600  # the next UTC day

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from tests.middlewares.usage_app import Clock, usage_app, usage_config
+from tests.schemas import checked_sdk
 
 
 def key(limits: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -109,8 +110,7 @@ async def test_an_open_gateway_shares_default_limits(aiohttp_client: Any) -> Non
 
 async def test_the_sdk_raises_rate_limit_error(aiohttp_client: Any) -> None:
     client = await start(aiohttp_client, {"keys": [key({"requests_per_minute": 1})]})
-    sdk = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="team-a",
-                             max_retries=0)
+    sdk = checked_sdk(str(client.make_url("/v1")), "team-a")
     await sdk.images.generate(model="img", prompt="p")
     with pytest.raises(openai.RateLimitError) as caught:
         await sdk.images.generate(model="img", prompt="p")
