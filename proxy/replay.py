@@ -9,15 +9,23 @@ import tempfile
 from collections.abc import AsyncIterator
 from typing import IO
 
+from imagegate.config.errors import GatewayError
 from imagegate.middlewares.forms import CHUNK, Form
 from imagegate.middlewares.multipart import Event, scan
 
 
 async def _next(events: AsyncIterator[Event]) -> Event | None:
+    """The body's next event. A body that cannot be read (a broken Content-Encoding, a client
+    gone) is the client's fault, never the route's: a 400, whoever is reading."""
     try:
         return await events.__anext__()
     except StopAsyncIteration:
         return None
+    except GatewayError:
+        raise
+    except Exception as exc:
+        raise GatewayError("invalid_value", "The request body could not be read "
+                           f"({type(exc).__name__}).") from None
 
 
 async def _chunks(fd: int) -> AsyncIterator[bytes]:

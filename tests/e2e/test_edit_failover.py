@@ -193,3 +193,24 @@ async def test_an_answer_already_streaming_is_not_replayed(aiohttp_server: Any,
     await resp.read()
     assert resp.headers["x-imagegate-provider"] == "primary"
     assert calls == {"primary": 1, "backup": 0}
+
+
+
+async def test_a_body_that_cannot_be_read_is_the_clients_fault() -> None:
+    import pytest
+    from imagegate.config.errors import GatewayError
+    from imagegate.middlewares.forms import Form
+    from imagegate.proxy.replay import Tee
+
+    async def broken() -> AsyncIterator[Any]:
+        raise ConnectionResetError("the client went away")
+        yield  # an async generator
+
+    form = Form(b"b", {}, {}, {}, broken(), None)
+    tee = Tee(form)
+    with pytest.raises(GatewayError) as info:
+        async for _ in form.rest():
+            pass
+    assert info.value.status == 400 and "could not be read" in info.value.message
+    form.close()
+    assert tee.file.closed
