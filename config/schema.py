@@ -29,6 +29,8 @@ class ServerConfig(Strict, frozen=True):
     header_timeout_s: PositiveFloat = 15.0  # a request's head must arrive whole within this
     body_timeout_s: PositiveFloat = 30.0  # longest pause between two pieces of a request body
     max_connections: Annotated[int, Meta(ge=1)] | None = None  # None: from the open-file limit
+    # everything one request fetches and holds: its input images and the provider bodies
+    request_budget_bytes: Annotated[int, Meta(ge=1024)] = 128 * 1024 * 1024
     admin_keys: list[Sha256Hex] = []  # key_sha256 of the keys that may read /status, /metrics
 
 

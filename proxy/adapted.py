@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import structlog
@@ -18,6 +19,7 @@ from imagegate.config.errors import GatewayError
 from imagegate.middlewares.headers import header_list
 from imagegate.proxy import sse
 from imagegate.proxy.answer import Answer
+from imagegate.proxy.budget import BUDGET, Budget
 from imagegate.proxy.fallback import Unsuitable
 from imagegate.proxy.finish import json_response
 from imagegate.proxy.gateway import Gateway
@@ -25,6 +27,7 @@ from imagegate.proxy.routing import RouteState
 from imagegate.proxy.upstream import ProviderState, Upstream
 
 log = structlog.get_logger("imagegate.adapted")
+STREAMED_BODY_BYTES = 256 * 1024
 
 
 @dataclass
@@ -66,7 +69,7 @@ def split_n(n: int, per_call: int) -> list[int]:
     return [per_call] * full + ([rest] if rest else [])
 
 
-def prepare(state: ProviderState, req: ImageRequest
+def prepare(state: ProviderState, req: ImageRequest, budget: Budget | None = None
             ) -> tuple[list[UpstreamRequest], tuple[str, ...]]:
     """Every provider request of the fan-out, built and checked before any is sent, and the
     params named as dropped. What this route cannot honour makes it unsuitable."""
@@ -75,8 +78,15 @@ def prepare(state: ProviderState, req: ImageRequest
         adapter = state.adapter
         encoded: list[UpstreamRequest] = []
         if adapter.encode_request is not None:
-            encoded = [adapter.encode_request(msgspec.structs.replace(req, n=k))
-                       for k in split_n(req.n, adapter.capabilities.images_per_call)]
+            counts = split_n(req.n, adapter.capabilities.images_per_call)
+            if budget is not None:
+                held = sum(len(i.data) for i in req.images) + (len(req.mask.data)
+                                                               if req.mask else 0)
+                budget.check_bodies(held, len(set(counts)))
+            # calls alike share one body: an input image is encoded once, not n times
+            built = {k: adapter.encode_request(msgspec.structs.replace(req, n=k))
+                     for k in dict.fromkeys(counts)}
+            encoded = [built[k] for k in counts]
     except GatewayError as error:
         if error.code != "invalid_value":
             raise
@@ -130,7 +140,11 @@ async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequ
     async def exchange(up: UpstreamRequest, last: bool) -> ProviderResult | UpstreamRequest:
         """One call's decoded answer, or the changed call the adapter asks to send instead."""
         headers = {"Content-Type": up.content_type, **up.headers}
-        async with upstream.attempt(state.name, req.model, up.path, data=up.body,
+        data: Any = up.body
+        if len(up.body) > STREAMED_BODY_BYTES:  # the shared body sent a slice at a time, as
+            data = _slices(up.body)  # each socket takes it: n calls hold no copies of it
+            headers["Content-Length"] = str(len(up.body))  # so: not chunked
+        async with upstream.attempt(state.name, req.model, up.path, data=data,
                                     headers=headers, method=up.method) as call:
             resp = call.response
             body = await resp.read()
@@ -162,6 +176,12 @@ async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequ
     counts = split_n(req.n, adapter.capabilities.images_per_call)
     lost = sum(counts[i] for i, o in enumerate(outcomes) if isinstance(o, BaseException))
     return results, lost
+
+
+async def _slices(body: bytes, size: int = 64 * 1024) -> AsyncIterator[memoryview]:
+    view = memoryview(body)
+    for start in range(0, len(view), size):
+        yield view[start:start + size]
 
 
 def sum_usage(results: Sequence[ProviderResult]) -> Usage | None:
@@ -236,7 +256,7 @@ async def answer(gw: Gateway, request: web.Request, route: RouteState, req: Imag
     """One adapted route's answer: JSON, or (stream: true) keep-alives then one completed
     event per image."""
     state = gw.upstream.providers[route.provider]
-    encoded, dropped = prepare(state, req)
+    encoded, dropped = prepare(state, req, request.get(BUDGET))
     headers = {**_dropped_header(dropped), **answer_headers}
     work = produce(gw, request, state, req, encoded, route.double)
     if req.stream:
@@ -260,7 +280,7 @@ async def attempt_streamed(gw: Gateway, request: web.Request, route: RouteState,
     state = gw.upstream.providers[route.provider]
     if state.adapter.passthrough:
         raise Unsuitable()  # an event stream already begun continues on adapted routes only
-    encoded, dropped = prepare(state, req)
+    encoded, dropped = prepare(state, req, request.get(BUDGET))
     headers.pop("x-imagegate-dropped-params", None)
     headers.update(_dropped_header(dropped))
     return await produce(gw, request, state, req, encoded, route.double)

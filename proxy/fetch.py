@@ -12,6 +12,7 @@ from aiohttp.resolver import DefaultResolver
 from imagegate.config.errors import GatewayError
 from imagegate.config.images import InputImage, sniff_mime
 from imagegate.config.schema import FetchConfig
+from imagegate.proxy.budget import Budget
 from yarl import URL
 
 MAX_REDIRECTS = 3
@@ -99,7 +100,7 @@ class Fetcher:
         if not self.policy.allows(url.host, str(ip)):
             raise unsafe(param, "points at a private, loopback or link-local address")
 
-    async def fetch(self, raw_url: str, param: str) -> bytes:
+    async def fetch(self, raw_url: str, param: str, budget: Budget | None = None) -> bytes:
         assert self.session is not None
         url = _parse(raw_url, param)
         for _ in range(MAX_REDIRECTS + 1):
@@ -111,31 +112,40 @@ class Fetcher:
                         continue
                     if resp.status != 200:
                         raise unsafe(param, f"could not be downloaded (HTTP {resp.status})")
-                    return await self._read(resp, param)
+                    return await self._read(resp, param, budget)
             except aiohttp.ClientConnectorError:
                 raise unsafe(param, "could not be reached or is not a public address") from None
             except (aiohttp.ClientError, TimeoutError):
                 raise unsafe(param, "could not be downloaded") from None
         raise unsafe(param, "redirects too many times")
 
-    async def _read(self, resp: aiohttp.ClientResponse, param: str) -> bytes:
+    async def _read(self, resp: aiohttp.ClientResponse, param: str,
+                    budget: Budget | None = None) -> bytes:
         limit = self.config.max_bytes
+        if budget is not None and resp.content_length is not None:  # held before it is read
+            budget.take(min(resp.content_length, limit + 1), f"the image in '{param}'")
+            budget = None
         if resp.content_length is not None and resp.content_length > limit:
             raise unsafe(param, f"is larger than {limit} bytes")
         chunks, total = [], 0
         async for chunk in resp.content.iter_chunked(256 * 1024):
             total += len(chunk)
+            if budget is not None:
+                budget.take(len(chunk), f"the image in '{param}'")
             if total > limit:
                 raise unsafe(param, f"is larger than {limit} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def load_image(self, url: str, param: str) -> InputImage:
+    async def load_image(self, url: str, param: str, budget: Budget | None = None
+                         ) -> InputImage:
         """A data URL or a safe http(s) download, checked to be a real image."""
         if url.startswith("data:"):
+            if budget is not None:  # decoded: 3/4 of its text, on top of the body's own bytes
+                budget.take(len(url) * 3 // 4, f"the image in '{param}'")
             data = decode_data_url(url, param)
         else:
-            data = await self.fetch(url, param)
+            data = await self.fetch(url, param, budget)
         mime = sniff_mime(data[:16])
         if not data or mime not in ("image/png", "image/jpeg", "image/webp"):
             raise GatewayError("invalid_value", f"'{param}' is not a PNG, JPEG or WebP image.",

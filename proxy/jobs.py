@@ -18,6 +18,7 @@ from imagegate.middlewares.keys import ParsedRequest
 from imagegate.middlewares.parse import apply_defaults, parse_form_fields
 from imagegate.proxy import passthrough
 from imagegate.proxy.answer import Answer
+from imagegate.proxy.budget import BODY_BYTES_PER_INPUT_BYTE, BUDGET, Budget
 from imagegate.proxy.fallback import Unsuitable
 from imagegate.proxy.gateway import Gateway
 from imagegate.proxy.replay import Tee
@@ -58,6 +59,7 @@ class Job:
         self.gw, self.request, self.parsed = gw, request, parsed
         self.public_model = parsed.public_model
         self.stream = parsed.stream
+        self.budget = request[BUDGET] = Budget(gw.config.server.request_budget_bytes)
 
     @property
     def replayable(self) -> bool:
@@ -113,8 +115,7 @@ class JsonEditJob(Job):
                         for i, ref in enumerate(body.images)]
                 if body.mask is not None:
                     refs.append((_url(body.mask, "mask"), "mask"))
-                fetch = self.gw.fetcher.load_image
-                found = list(await asyncio.gather(*(fetch(u, p) for u, p in refs)))
+                found = await self._fetch_all(refs)
             except GatewayError as error:  # an OpenAI route later in the plan reads them itself
                 if error.code != "invalid_value":
                     raise
@@ -122,6 +123,18 @@ class JsonEditJob(Job):
             mask = found.pop() if body.mask is not None else None
             self._loaded = found, mask
         return self._loaded
+
+    async def _fetch_all(self, refs: list[tuple[str, str]]) -> list[InputImage]:
+        """All at once, within the request's budget; the first failure cancels the others
+        (no download outlives the 400 it caused)."""
+        fetch = self.gw.fetcher.load_image
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(fetch(u, p, self.budget)) for u, p in refs]
+        except BaseExceptionGroup as failed:
+            first = failed.exceptions[0]
+            raise first from None
+        return [t.result() for t in tasks]
 
     async def adapt(self, route: RouteState) -> ImageRequest:
         images, mask = await self._load()
@@ -173,7 +186,13 @@ class MultipartEditJob(Job):
     async def _collect(self) -> tuple[list[InputImage], InputImage | None]:
         if self._collected is None:  # read into memory once: adapted routes can be retried
             await self._rewind()
+            length = self.request.content_length
+            if length is not None:  # refused before a byte of the files is read
+                self.budget.check(int(length * (1 + BODY_BYTES_PER_INPUT_BYTE)),
+                                  "its files and the provider requests built from them")
             images, mask, late = await collect_files(self.form, self.check)
+            self.budget.take(sum(len(i.data) for i in images) + (len(mask.data) if mask else 0),
+                             "its files")
             self._collected = images, mask
             self.all_fields.update(late)
             if late:  # fields sent after the files count too
