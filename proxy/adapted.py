@@ -151,6 +151,8 @@ async def call_provider(upstream: Upstream, state: ProviderState, req: ImageRequ
             received = UpstreamResponse(status=resp.status, body=body,
                                         headers={k.lower(): v for k, v in resp.headers.items()},
                                         received_at=int(time.time()))
+            if call.slot.upstream_id is None:  # no id header: the one in the answer's body
+                call.slot.upstream_id = answer_id(body)
             again = None if last or adapter.retry is None else adapter.retry(req, received)
             # decoded inside the attempt: its log line carries the provider's error message
             return again if again is not None else decode(received)
@@ -182,6 +184,28 @@ async def _slices(body: bytes, size: int = 64 * 1024) -> AsyncIterator[memoryvie
     view = memoryview(body)
     for start in range(0, len(view), size):
         yield view[start:start + size]
+
+
+class _AnswerIds(msgspec.Struct):
+    """Top-level ids a provider's answer carries: Z.AI `request_id`, Gemini `responseId`,
+    OpenRouter `id` (`gen-…`); the base64 beside them is skipped, not decoded."""
+
+    request_id: str | None = None
+    responseId: str | None = None  # noqa: N815 (Gemini's own spelling)
+    id: str | None = None
+
+
+_answer_ids = msgspec.json.Decoder(_AnswerIds)
+
+
+def answer_id(body: bytes) -> str | None:
+    if not body.startswith(b"{"):
+        return None
+    try:
+        found = _answer_ids.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return found.request_id or found.responseId or found.id
 
 
 def sum_usage(results: Sequence[ProviderResult]) -> Usage | None:

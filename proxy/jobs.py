@@ -21,6 +21,7 @@ from imagegate.proxy.answer import Answer
 from imagegate.proxy.budget import BODY_BYTES_PER_INPUT_BYTE, BUDGET, Budget
 from imagegate.proxy.fallback import Unsuitable
 from imagegate.proxy.gateway import Gateway
+from imagegate.proxy.replay import Tee
 from imagegate.proxy.routing import RouteState
 
 EventKind = Literal["image_generation", "image_edit"]
@@ -153,9 +154,9 @@ def _url(ref: ImageURL, param: str) -> str:
 
 
 class MultipartEditJob(Job):
-    """A multipart edit: streamed part by part to an OpenAI route as it arrives, or read into
-    memory once for adapters (and then re-sent to any route). A body streamed upstream cannot
-    be sent twice."""
+    """A multipart edit: streamed part by part to an OpenAI route as it arrives (and copied to a
+    spool file on disk as it passes, so a failed attempt can be replayed to the next route of
+    any type), or read into memory once for adapters (and then re-sent to any route)."""
 
     kind: EventKind = "image_edit"
     path = "/images/edits"
@@ -169,13 +170,22 @@ class MultipartEditJob(Job):
         self.check = FileCheck(gw.config.server.max_images_per_request)
         self.all_fields = dict(self.form.fields)
         self._collected: tuple[list[InputImage], InputImage | None] | None = None
+        self._tee: Tee | None = None
 
     @property
     def replayable(self) -> bool:
-        return self._collected is not None or self.form.unread
+        return self._collected is not None or self.form.unread or self._tee is not None
+
+    async def _rewind(self) -> None:
+        """After an attempt that streamed the body: the rest of it onto the spool, the form
+        reading from the spool's start, its files checked afresh."""
+        if not self.form.unread and self._tee is not None:
+            await self._tee.rewind()
+            self.check = FileCheck(self.gw.config.server.max_images_per_request)
 
     async def _collect(self) -> tuple[list[InputImage], InputImage | None]:
         if self._collected is None:  # read into memory once: adapted routes can be retried
+            await self._rewind()
             length = self.request.content_length
             if length is not None:  # refused before a byte of the files is read
                 self.budget.check(int(length * (1 + BODY_BYTES_PER_INPUT_BYTE)),
@@ -200,12 +210,16 @@ class MultipartEditJob(Job):
 
     async def forward(self, route: RouteState, headers: Mapping[str, str]) -> Answer:
         filled = {k: str(v) for k, v in self.parsed.filled.items()}
+        if self._collected is None:
+            await self._rewind()
         if self.form.unread:
+            if self._tee is None:
+                self._tee = Tee(self.form)
             return await passthrough.forward_form(self.gw, self.request, route, self.form,
                                                   self.check, self.path, filled, self.fields,
                                                   headers)
         if self._collected is None:
-            raise Unsuitable()  # streamed to another upstream already: it cannot be sent twice
+            raise Unsuitable()  # (unreachable: a streamed body is spooled and rewound)
         return await passthrough.forward_rebuilt(self.gw, self.request, route, self.path,
                                                  {**self.all_fields, **filled},
                                                  *self._collected, self.fields, headers)

@@ -58,9 +58,10 @@ class Call:
     """One upstream call in progress: its response, and how it ended when that is not its
     status (the answer broke after it had begun reaching the client)."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, slot: Slot | None = None) -> None:
         self.response = response
         self.broken = False
+        self.slot = slot if slot is not None else Slot()  # the attempt's record (its log line)
 
 
 def outcome_of(status: int) -> str:
@@ -157,7 +158,7 @@ class Upstream:
                     if 300 <= status < 400:
                         raise GatewayError("upstream_unavailable", f"The provider '{provider}' "
                                            f"answered with a redirect (HTTP {status}).")
-                    call = Call(resp)
+                    call = Call(resp, slot)
                     yield call
                     if call.broken:
                         slot.outcome = "broken"

@@ -61,3 +61,30 @@ async def test_local_renders_log_their_failure(gateway: Any) -> None:
     assert resp.status == 400
     line = next(e for e in logs if e["event"] == "upstream")
     assert line["error_code"] == "invalid_value" and "alpha channel" in line["error"]
+
+
+async def test_adapted_providers_ids_come_from_their_answers(aiohttp_server: Any,
+                                                             gateway: Any) -> None:
+    from tests.upstreams import gemini as gemini_mock
+    from tests.upstreams import openrouter as or_mock
+
+    orr, gem = or_mock.Recorder(), gemini_mock.Recorder()
+    or_url = str((await aiohttp_server(or_mock.make_app(orr))).make_url("")).rstrip("/")
+    gem_url = str((await aiohttp_server(gemini_mock.make_app(gem))).make_url("")).rstrip("/")
+    client = await gateway(make_config(
+        providers={"openrouter": {"type": "openrouter", "base_url": or_url,
+                                  "api_key": or_mock.API_KEY},
+                   "gemini": {"type": "gemini", "base_url": gem_url,
+                              "api_key": gemini_mock.API_KEY}},
+        models={"or": {"routes": [{"provider": "openrouter",
+                                   "model": "google/gemini-3-pro-image"}]},
+                "gem": {"routes": [{"provider": "gemini", "model": "gemini-3-pro-image"}]}}))
+    with capture_logs() as logs:
+        for model in ("or", "gem"):
+            resp = await client.post("/v1/images/generations", json={
+                "model": model, "prompt": "p"}, headers={"x-request-id": f"ours-{model}"})
+            assert resp.status == 200, await resp.text()
+    ids = {e["provider"]: e["upstream_request_id"] for e in logs if e["event"] == "upstream"}
+    assert ids == {"openrouter": "gen-mock", "gemini": "mock-response"}
+    sent = [{k.lower(): v for k, v in r.requests[-1].headers.items()} for r in (orr, gem)]
+    assert [h["x-request-id"] for h in sent] == ["ours-or", "ours-gem"]  # nothing better known

@@ -89,7 +89,8 @@ async def _read_parts(request: web.Request) -> list[Part]:
     reader = await request.multipart()
     async for part in reader:
         data = await part.read(decode=False)
-        text = data.decode() if part.filename is None else None
+        # a real OpenAI answers a field that is not UTF-8 with a 400, never a 500
+        text = data.decode("utf-8", "replace") if part.filename is None else None
         parts.append(Part(part.name or "", part.filename,
                           part.headers.get("Content-Type"), len(data),
                           hashlib.sha256(data).hexdigest(), text))
