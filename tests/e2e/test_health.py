@@ -178,3 +178,48 @@ async def test_readyz_with_redis_down_open_stays_ready_closed_does_not(
     resp = await closed.get("/readyz")
     assert resp.status == 503 and (await resp.json())["status"] == "unavailable"
     assert openai_mock.API_KEY  # the mock module stays importable for the shared fixtures
+
+
+async def test_the_gateways_own_cap_is_not_retried_on_another_provider(
+        aiohttp_server: Any, aiohttp_client: Any) -> None:
+    first, second, providers, models = await two_upstreams(aiohttp_server)
+    providers["primary"]["max_concurrency"] = 1
+    config = make_config(providers=providers, models=models)
+    client, clock, registry = await start(aiohttp_client, config)
+    first.delay_s = 0.3
+    answers = await asyncio.gather(*(client.post("/v1/images/generations", json=BODY)
+                                     for _ in range(3)))
+    assert sorted(r.status for r in answers) == [200, 429, 429]
+    busy = [r for r in answers if r.status == 429]
+    assert [(await r.json())["error"]["code"] for r in busy] == ["upstream_busy"] * 2
+    assert second.requests == []  # never paid for on the backup
+    assert healthy(registry, "primary", "gpt-image-1") == 1
+
+
+async def test_a_probe_whose_client_hangs_up_is_free_for_the_next_request(
+        aiohttp_server: Any, aiohttp_client: Any) -> None:
+    import aiohttp as aiohttp_lib
+
+    first, second, providers, models = await two_upstreams(aiohttp_server)
+    config = make_config({"routing": {"cooldown_s": 30}}, providers=providers, models=models)
+    clock, registry = Clock(), CollectorRegistry()
+    router = Router(config, Metrics(registry), clock=clock)
+    server = await aiohttp_server(create_app(config, registry=CollectorRegistry(),
+                                             router=router))
+    first.mode = "server_error"
+    async with aiohttp_lib.ClientSession() as session:
+        url = server.make_url("/v1/images/generations")
+        for _ in range(3):
+            await (await session.post(url, json=BODY)).read()
+        clock.now += 31
+        first.mode, first.delay_s = "ok", 1.0
+        try:  # the probe's client hangs up while the probe runs
+            await session.post(url, json=BODY, timeout=aiohttp_lib.ClientTimeout(total=0.2))
+        except TimeoutError:
+            pass
+        await asyncio.sleep(0.1)  # the gateway notices the hang-up (no window is waited for)
+        first.delay_s = 0
+        resp = await session.post(url, json=BODY)
+        assert resp.status == 200 and resp.headers["x-imagegate-provider"] == "primary"
+    assert len(first.requests) == 5  # three failures, the abandoned probe, the next probe
+    assert healthy(registry, "primary", "gpt-image-1") == 1
