@@ -100,6 +100,13 @@ async def _read_parts(request: web.Request) -> list[Part]:
 def make_app(recorder: Recorder) -> web.Application:
     async def images(request: web.Request) -> web.StreamResponse:
         received = Received(request.method, request.path, dict(request.headers))
+        try:
+            return await _answer(request, received)
+        except Exception:  # what OpenAI does with a body it cannot parse: a 400
+            return _error(400, "We could not parse the body of your request.",
+                          "invalid_request_error", None)
+
+    async def _answer(request: web.Request, received: Received) -> web.StreamResponse:
         if request.content_type == "multipart/form-data":
             received.parts = await _read_parts(request)
             fields = {p.name: p.text for p in received.parts if p.text is not None}
