@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.conftest import make_config
 from tests.upstreams import ark, gemini, openai, openrouter, zai
@@ -126,3 +127,30 @@ async def test_a_9600px_image_is_never_decoded(env: Env) -> None:
               if e.startswith("event: image_generation.completed")]
     if env.kind != "openai":  # OpenAI's own events are relayed as they came
         assert all(e["size"] == "auto" for e in events)
+
+
+@pytest.mark.parametrize("kind", ["openai", "ark"])
+async def test_a_provider_echoing_the_gateways_key_never_passes_it_on(
+        kind: str, aiohttp_server: Any, gateway: Any, tmp_path: Any) -> None:
+    secret = "sk-gateway-own-key-0123456789"
+    message = f"Invalid value for 'size' (request by key {secret})."
+
+    async def refuse(request: web.Request) -> web.Response:
+        body = {"error": {"message": message, "type": "invalid_request_error",
+                          "param": "size", "code": "invalid_value"}}
+        if kind == "ark":
+            body = {"error": {"code": "InvalidParameter", "message": message,
+                              "param": "size", "type": "BadRequest"}}
+        return web.json_response(body, status=400)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", refuse)
+    server = await aiohttp_server(app)
+    providers = {kind: {"type": kind, "base_url": str(server.make_url("")).rstrip("/"),
+                        "api_key": secret}}
+    models = {"m": {"routes": [{"provider": kind, "model": TYPES[kind][1]}]}}
+    client = await gateway(make_config(tmp_path=tmp_path, providers=providers, models=models))
+    resp = await client.post("/v1/images/generations", json={"model": "m", "prompt": "a cat"})
+    assert resp.status == 400
+    text = await resp.text()
+    assert secret not in text and "[redacted]" in text
