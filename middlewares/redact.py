@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, MutableMapping
-from typing import Any
+from collections.abc import Iterable
 
+import msgspec
 from imagegate.config.schema import Config
 
 MIN_SECRET_CHARS = 6  # shorter values would redact ordinary words
 MASK = "[redacted]"
 _registered: set[str] = set()
 _pattern: re.Pattern[str] | None = None
+_line_pattern: re.Pattern[bytes] | None = None  # the same secrets in a rendered JSON line
 
 
 def configured_secrets(config: Config) -> set[str]:
@@ -25,11 +26,15 @@ def configured_secrets(config: Config) -> set[str]:
 
 def register(secrets: Iterable[str]) -> None:
     """Adds to the process-wide set every log line and error body is scrubbed of."""
-    global _pattern
+    global _pattern, _line_pattern
     _registered.update(s for s in secrets if len(s) >= MIN_SECRET_CHARS)
     if _registered:
         ordered = sorted(_registered, key=len, reverse=True)  # longest first: no partial masks
         _pattern = re.compile("|".join(re.escape(s) for s in ordered))
+        # as they appear inside a JSON string: raw, and escaped (a quote, a backslash)
+        forms = {f for s in ordered for f in (s.encode(), msgspec.json.encode(s)[1:-1])}
+        _line_pattern = re.compile(b"|".join(
+            re.escape(f) for f in sorted(forms, key=len, reverse=True)))
 
 
 def scrub(text: str) -> str:
@@ -38,27 +43,9 @@ def scrub(text: str) -> str:
     return _pattern.sub(MASK, text)
 
 
-def _scrub_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, dict):
-        return {k: _scrub_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub_value(v) for v in value]
-    return value
-
-
-def scrub_processor(logger: Any, method: str, event: MutableMapping[str, Any]
-                    ) -> MutableMapping[str, Any]:
-    """structlog processor: every string value of a log event, scrubbed. Runs on every line, so
-    the common values (short strings, numbers, None) cost a type check or two each."""
-    pattern = _pattern
-    if pattern is None:
-        return event
-    for key, value in event.items():
-        if isinstance(value, str):
-            if len(value) >= MIN_SECRET_CHARS and pattern.search(value) is not None:
-                event[key] = pattern.sub(MASK, value)
-        elif isinstance(value, dict | list | tuple):
-            event[key] = _scrub_value(value)
-    return event
+def scrub_line(line: bytes) -> bytes:
+    """A rendered JSON log line with every configured secret masked: one search over the
+    line, instead of one per field. Masking inside a JSON string keeps the line valid."""
+    if _line_pattern is None or _line_pattern.search(line) is None:
+        return line
+    return _line_pattern.sub(MASK.encode(), line)

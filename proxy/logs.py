@@ -9,7 +9,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 import structlog
-from imagegate.middlewares.redact import scrub_processor
+from imagegate.middlewares.redact import scrub_line
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
           "error": logging.ERROR}
@@ -69,6 +69,24 @@ def iso_timestamp(logger: Any, method: str, event: MutableMapping[str, Any]
     return event
 
 
+MAX_LINE_BYTES = 16 * 1024  # a line longer than this has its long fields cut, then re-rendered
+_BASE64_RUN_BYTES = re.compile(rb"[A-Za-z0-9+/=_-]{120,}")
+
+
+def render_line(event: MutableMapping[str, Any], default: Any) -> bytes:
+    """The JSON line of an event, with no configured secret, no base64 run (an image, a data URL,
+    a key) and no unbounded field in it. A normal line costs one encode and two searches over
+    the rendered bytes (a run cannot span two fields: quotes, colons and commas end it); only a
+    long line takes the per-field path."""
+    line = msgspec.json.encode(event, enc_hook=default)
+    if len(line) > MAX_LINE_BYTES:
+        line = msgspec.json.encode(_bound_strings(None, "", dict(event)), enc_hook=default)
+    line = scrub_line(line)
+    if len(line) >= 120 and _BASE64_RUN_BYTES.search(line) is not None:
+        line = _BASE64_RUN_BYTES.sub(b"[redacted]", line)
+    return line
+
+
 def _bound_strings(logger: Any, method: str, event: MutableMapping[str, Any]
                    ) -> MutableMapping[str, Any]:
     """No base64 run (an image, a data URL, a key) in any line, and tracebacks bounded."""
@@ -118,11 +136,7 @@ def configure_logging(level: str = "info", *, file: BinaryIO | None = None,
             limiter or RateLimiter(),
             iso_timestamp,
             _exc_info,
-            scrub_processor,
-            _bound_strings,
-            structlog.processors.JSONRenderer(
-                serializer=lambda obj, default: msgspec.json.encode(obj, enc_hook=default)
-            ),
+            structlog.processors.JSONRenderer(serializer=render_line),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=structlog.BytesLoggerFactory(file),
