@@ -8,12 +8,29 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 from tests.redis_server import free_port
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[bytes], workers: int = 1,
+                 timeout_s: float = 20, detail: Callable[[], str] = lambda: "") -> None:
+    """Until `workers` different processes have answered /healthz."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the gateway exited: {detail()}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
+                seen.add(json.loads(resp.read())["pid"])
+            if len(seen) >= workers:
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{workers} workers did not come up")
 
 
 class GatewayProcess:
@@ -22,19 +39,8 @@ class GatewayProcess:
         self.base_url = f"http://127.0.0.1:{port}"
 
     def wait_healthy(self, workers: int = 1, timeout_s: float = 20) -> None:
-        """Until `workers` different processes have answered /healthz."""
-        seen: set[int] = set()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"the gateway exited: {self.log()[-2000:]}"
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=1) as resp:
-                    seen.add(json.loads(resp.read())["pid"])
-                if len(seen) >= workers:
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"{workers} workers did not come up")
+        wait_healthy(self.port, self.proc, workers, timeout_s,
+                     detail=lambda: self.log()[-2000:])
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

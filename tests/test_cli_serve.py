@@ -10,25 +10,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.gateway_process import wait_healthy
 from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_healthy(port: int, proc: subprocess.Popen[bytes], workers: int = 1) -> None:
-    """Until `workers` different processes have answered /healthz."""
-    seen: set[int] = set()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the gateway exited"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-                seen.add(json.loads(resp.read())["pid"])
-            if len(seen) >= workers:
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"{workers} workers did not come up")
 
 
 def post_json(url: str, body: dict) -> dict:

@@ -53,10 +53,7 @@ async def test_a_stream_that_breaks_midway_ends_with_an_error_event(aiohttp_serv
         calls[0] += 1
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        await resp.write(b'event: image_generation.partial_image\ndata: {"type": '
-                         b'"image_generation.partial_image","b64_json":"aGk=","created_at":1,'
-                         b'"size":"1024x1024","quality":"low","background":"opaque",'
-                         b'"output_format":"png","partial_image_index":0}\n\n')
+        await resp.write(openai_mock.PARTIAL_EVENT)
         await asyncio.sleep(0.05)
         assert request.transport is not None
         request.transport.close()  # the provider dies mid-stream

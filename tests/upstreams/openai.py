@@ -23,6 +23,11 @@ def png_bytes(color: tuple[int, int, int] = (10, 120, 200), size: int = 64) -> b
 
 
 PNG = png_bytes()
+# one schema-complete partial-image event, for upstreams that break after it
+PARTIAL_EVENT = (b'event: image_generation.partial_image\ndata: {"type": '
+                 b'"image_generation.partial_image","b64_json":"aGk=","created_at":1,'
+                 b'"size":"1024x1024","quality":"low","background":"opaque",'
+                 b'"output_format":"png","partial_image_index":0}\n\n')
 PNG_B64 = base64.b64encode(PNG).decode()
 
 
