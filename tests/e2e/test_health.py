@@ -85,14 +85,21 @@ async def test_a_503_retry_after_longer_than_the_cooldown_wins(aiohttp_server: A
     assert resp.status == 503 and int(resp.headers["retry-after"]) == 120
 
 
-async def test_half_open_lets_exactly_one_probe_through(aiohttp_server: Any,
-                                                        aiohttp_client: Any) -> None:
+async def primary_rested(aiohttp_server: Any, aiohttp_client: Any) -> tuple[Any, ...]:
+    """Two routes (cooldown 30 s) whose primary has just failed three times in a row."""
     first, second, providers, models = await two_upstreams(aiohttp_server)
     config = make_config({"routing": {"cooldown_s": 30}}, providers=providers, models=models)
     client, clock, registry = await start(aiohttp_client, config)
     first.mode = "server_error"
     for _ in range(3):
         await client.post("/v1/images/generations", json=BODY)
+    return first, second, client, clock, registry
+
+
+async def test_half_open_lets_exactly_one_probe_through(aiohttp_server: Any,
+                                                        aiohttp_client: Any) -> None:
+    first, second, client, clock, registry = await primary_rested(aiohttp_server,
+                                                                  aiohttp_client)
     assert healthy(registry, "primary", "gpt-image-1") == 0
     first.mode, first.delay_s = "ok", 0.3
     clock.now += 31
@@ -110,12 +117,8 @@ async def test_half_open_lets_exactly_one_probe_through(aiohttp_server: Any,
 
 async def test_a_failed_probe_rests_the_route_again_at_once(aiohttp_server: Any,
                                                             aiohttp_client: Any) -> None:
-    first, second, providers, models = await two_upstreams(aiohttp_server)
-    config = make_config({"routing": {"cooldown_s": 30}}, providers=providers, models=models)
-    client, clock, registry = await start(aiohttp_client, config)
-    first.mode = "server_error"
-    for _ in range(3):
-        await client.post("/v1/images/generations", json=BODY)
+    first, second, client, clock, registry = await primary_rested(aiohttp_server,
+                                                                  aiohttp_client)
     clock.now += 31
     await client.post("/v1/images/generations", json=BODY)  # the probe, failing
     assert len(first.requests) == 4
