@@ -25,6 +25,21 @@ def openai_provider(url: str) -> dict[str, Any]:
     return {"type": "openai", "base_url": url, "api_key": openai_mock.API_KEY}
 
 
+
+async def primary_and_backup(aiohttp_server: Any, gateway: Any, primary: Any, backup: Any,
+                             **app_options: Any) -> Any:
+    """A gateway whose gpt-image-1 edits go to `primary`, then fall back to `backup`."""
+    urls = []
+    for handler in (primary, backup):
+        app = web.Application(**app_options)
+        app.router.add_post("/images/edits", handler)
+        urls.append(str((await aiohttp_server(app)).make_url("")).rstrip("/"))
+    config = make_config(providers={"primary": openai_provider(urls[0]),
+                                    "backup": openai_provider(urls[1])},
+                         models={"gpt-image-1": {"routes": [
+                             {"provider": "primary"}, {"provider": "backup", "priority": 1}]}})
+    return await gateway(config)
+
 async def test_an_edit_fails_over_from_a_failing_openai_route(aiohttp_server: Any,
                                                               gateway: Any) -> None:
     first, second = openai_mock.Recorder(mode="server_error"), openai_mock.Recorder()
@@ -131,16 +146,8 @@ async def test_a_50_mb_edit_fails_over_byte_exact_without_holding_it(
                 await part.release()
         return web.json_response({"created": 1, "data": [{"b64_json": PNG_B64}]})
 
-    urls = []
-    for handler in (gives_up, hashes):
-        app = web.Application(client_max_size=SIZE * 2)
-        app.router.add_post("/images/edits", handler)
-        urls.append(str((await aiohttp_server(app)).make_url("")).rstrip("/"))
-    config = make_config(providers={"primary": openai_provider(urls[0]),
-                                    "backup": openai_provider(urls[1])},
-                         models={"gpt-image-1": {"routes": [
-                             {"provider": "primary"}, {"provider": "backup", "priority": 1}]}})
-    client = await gateway(config)
+    client = await primary_and_backup(aiohttp_server, gateway, gives_up, hashes,
+                                      client_max_size=SIZE * 2)
     length = len(head()) + file_bytes()[0] + len(TAIL)
     tracemalloc.start()
     try:
@@ -174,16 +181,7 @@ async def test_an_answer_already_streaming_is_not_replayed(aiohttp_server: Any,
         calls["backup"] += 1
         return web.json_response({"created": 1, "data": [{"b64_json": PNG_B64}]})
 
-    urls = []
-    for handler in (breaks, fine):
-        app = web.Application()
-        app.router.add_post("/images/edits", handler)
-        urls.append(str((await aiohttp_server(app)).make_url("")).rstrip("/"))
-    config = make_config(providers={"primary": openai_provider(urls[0]),
-                                    "backup": openai_provider(urls[1])},
-                         models={"gpt-image-1": {"routes": [
-                             {"provider": "primary"}, {"provider": "backup", "priority": 1}]}})
-    client = await gateway(config)
+    client = await primary_and_backup(aiohttp_server, gateway, breaks, fine)
     form = aiohttp.FormData()
     form.add_field("model", "gpt-image-1")
     form.add_field("prompt", "p")
