@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from urllib.parse import quote
 
@@ -14,15 +13,14 @@ MAX_LIST_CHARS = 512  # a list of names (x-imagegate-dropped-params)
 MAX_NAME_CHARS = 64  # one name inside such a list
 MAX_OWN_CHARS = 4096  # the safety net's bound on any value the gateway writes
 MAX_RETRY_AFTER_S = 86400
-_PRINTABLE = re.compile(r"[\x20-\x7e]*")
-_NOT_PRINTABLE = re.compile(r"[^\x20-\x7e]")
 log = structlog.get_logger("imagegate.headers")
 
 
 def safe_value(value: str, limit: int = MAX_VALUE_CHARS) -> str | None:
     """A value relayed as it is when it is printable ASCII and bounded, else None (not sent)."""
     value = value.strip()
-    if not value or len(value) > limit or not _PRINTABLE.fullmatch(value):
+    # printable ASCII is exactly [\x20-\x7e]: two C checks, no pattern
+    if not value or len(value) > limit or not (value.isascii() and value.isprintable()):
         return None
     return value
 
@@ -67,8 +65,11 @@ def retry_after(value: str | None) -> str | None:
 async def enforce_safe_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare, last: a value aiohttp would refuse to write (a control character)
     or that clients refuse (too long) is encoded and bounded, never an empty reply."""
+    joined = "".join(response.headers.values())  # nearly always: one check for all of them
+    if len(joined) <= MAX_OWN_CHARS and joined.isascii() and joined.isprintable():
+        return
     for name, value in list(response.headers.items()):
-        if len(value) <= MAX_OWN_CHARS and not _NOT_PRINTABLE.search(value):
+        if len(value) <= MAX_OWN_CHARS and value.isascii() and value.isprintable():
             continue
         fixed = quote(value, safe="".join(chr(c) for c in range(0x20, 0x7f) if chr(c) != "%"))
         response.headers[name] = fixed[:MAX_OWN_CHARS]

@@ -80,7 +80,7 @@ def images_in(body: bytes) -> int:
     count, pos, find = 0, 0, body.find
     while (start := find(b'"', pos)) >= 0:
         end = find(b'"', start + 1)
-        while end > 0 and _escaped(body, end):
+        while end > 0 and body[end - 1] == 0x5C and _escaped(body, end):  # a backslash first
             end = find(b'"', end + 1)
         if end < 0:
             break
