@@ -17,6 +17,7 @@ from imagegate.middlewares.keys import (
     OUTCOME,
     PROMPT,
     REQUEST_ID,
+    REQUEST_ID_VAR,
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -34,8 +35,7 @@ def context_middleware() -> Callable[..., Awaitable[web.StreamResponse]]:
         given = request.headers.get("x-request-id", "")
         request_id = given if _CLIENT_ID.fullmatch(given) else new_request_id()
         request[REQUEST_ID] = request_id
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        REQUEST_ID_VAR.set(request_id)  # this request's task: nothing left from an earlier one
         started = time.perf_counter()
         status = 500
         response: web.StreamResponse | None = None

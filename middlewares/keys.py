@@ -3,6 +3,7 @@ typed results that travel on the request: what was asked (`ParsedRequest`) and w
 (`Outcome`). Each key is written in one place and read by the logs, metrics and later layers."""
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,3 +61,9 @@ OUTCOME = web.RequestKey("outcome", Outcome)  # images answers, by proxy/dispatc
 COST = web.RequestKey("cost_usd", float)  # the answer's cost, when its route has a price
 USAGE_HEADERS = web.RequestKey("usage_headers", dict)  # x-ratelimit-*, budget, cost headers
 IDEMPOTENCY = web.RequestKey("idempotency", str)  # first | replayed | coalesced, with a key
+
+
+# the id of the request this task answers: set by the context middleware, put on every log
+# line by proxy/logs.py and sent upstream by proxy/upstream.py (one variable, not structlog's
+# scan over every context variable on each line)
+REQUEST_ID_VAR: ContextVar[str | None] = ContextVar("imagegate_request_id", default=None)

@@ -9,6 +9,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 import structlog
+from imagegate.middlewares.keys import REQUEST_ID_VAR
 from imagegate.middlewares.redact import scrub_line
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -124,6 +125,29 @@ class _ToStructlog(logging.Handler):
             "library_log", **fields)
 
 
+_WARNING_OR_WORSE = frozenset(("warning", "error", "critical", "exception"))
+_LEVEL_NAMES = {"warn": "warning", "exception": "error"}  # as structlog's add_log_level
+
+
+def _prepare(limiter: RateLimiter) -> Callable[[Any, str, MutableMapping[str, Any]],
+                                              MutableMapping[str, Any]]:
+    """One processor for what every line needs: what structlog's merge_contextvars,
+    add_log_level, the rate limiter, the timestamp and format_exc_info did, in that order, for
+    one call instead of five."""
+    def prepare(logger: Any, method: str, event: MutableMapping[str, Any]
+                ) -> MutableMapping[str, Any]:
+        request_id = REQUEST_ID_VAR.get()
+        if request_id is not None:
+            event.setdefault("request_id", request_id)
+        event["level"] = _LEVEL_NAMES.get(method, method)
+        if method in _WARNING_OR_WORSE:
+            event = limiter(logger, method, event)
+        event = iso_timestamp(logger, method, event)
+        return _exc_info(logger, method, event)
+
+    return prepare
+
+
 def configure_logging(level: str = "info", *, file: BinaryIO | None = None,
                       cache: bool = True, limiter: RateLimiter | None = None,
                       capture_warnings: bool = True) -> None:
@@ -131,11 +155,7 @@ def configure_logging(level: str = "info", *, file: BinaryIO | None = None,
     sent through it."""
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            limiter or RateLimiter(),
-            iso_timestamp,
-            _exc_info,
+            _prepare(limiter or RateLimiter()),
             structlog.processors.JSONRenderer(serializer=render_line),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),

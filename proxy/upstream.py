@@ -15,6 +15,7 @@ from imagegate.adapters import ADAPTERS
 from imagegate.adapters.base import Adapter, safe_message
 from imagegate.config.errors import GatewayError
 from imagegate.config.schema import Config, Provider
+from imagegate.middlewares.keys import REQUEST_ID_VAR
 from imagegate.middlewares.metrics import Metrics
 
 log = structlog.get_logger("imagegate.upstream")
@@ -38,8 +39,7 @@ def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
 
 def request_id() -> str | None:
     """The id of the request being answered (bound by the context middleware)."""
-    value = structlog.contextvars.get_contextvars().get("request_id")
-    return value if isinstance(value, str) else None
+    return REQUEST_ID_VAR.get()
 
 
 @contextmanager
