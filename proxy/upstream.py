@@ -4,8 +4,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,16 +42,12 @@ def request_id() -> str | None:
     return REQUEST_ID_VAR.get()
 
 
-@contextmanager
-def map_upstream_errors(provider: str) -> Iterator[None]:
-    try:
-        yield
-    except TimeoutError as exc:
-        raise GatewayError("upstream_timeout", f"The provider '{provider}' timed out.") from exc
-    except aiohttp.ClientError as exc:
-        raise GatewayError(
-            "upstream_unavailable", f"The provider '{provider}' could not be reached."
-        ) from exc
+def upstream_timeout(provider: str) -> GatewayError:
+    return GatewayError("upstream_timeout", f"The provider '{provider}' timed out.")
+
+
+def upstream_unreachable(provider: str) -> GatewayError:
+    return GatewayError("upstream_unavailable", f"The provider '{provider}' could not be reached.")
 
 
 class Call:
@@ -144,7 +140,7 @@ class Upstream:
         ours = request_id()
         sent = {SENT_ID_HEADER.get(state.config.type, "x-request-id"): ours} if ours else {}
         async with self.slot(state, model, path) as slot:
-            with map_upstream_errors(provider):
+            try:  # a timeout or a connection failure: the gateway's error for that provider
                 async with self.session.request(
                     method, state.base_url + path, data=data,
                     headers={**sent, **state.headers, **headers},
@@ -153,8 +149,9 @@ class Upstream:
                 ) as resp:
                     status = resp.status
                     slot.status, slot.outcome = status, outcome_of(status)
-                    slot.upstream_id = next((resp.headers[h] for h in ANSWER_ID_HEADERS
-                                             if h in resp.headers), None)
+                    found = resp.headers.get
+                    slot.upstream_id = next((v for v in map(found, ANSWER_ID_HEADERS)
+                                             if v is not None), None)
                     if 300 <= status < 400:
                         raise GatewayError("upstream_unavailable", f"The provider '{provider}' "
                                            f"answered with a redirect (HTTP {status}).")
@@ -162,6 +159,10 @@ class Upstream:
                     yield call
                     if call.broken:
                         slot.outcome = "broken"
+            except TimeoutError as exc:
+                raise upstream_timeout(provider) from exc
+            except aiohttp.ClientError as exc:
+                raise upstream_unreachable(provider) from exc
 
     @asynccontextmanager
     async def slot(self, state: ProviderState, model: str, path: str) -> AsyncIterator[Slot]:
