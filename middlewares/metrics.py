@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -74,11 +75,12 @@ class Metrics:
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, family: Any, *labels: str) -> Any:
-        """Label children are cached: `labels()` costs more than the increment itself."""
+        """Label children are cached: `labels()` costs more than the increment itself. Counters
+        and histograms come back as their fast path (see _Count and _Observe)."""
         key = (id(family), *labels)
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = family.labels(*labels)
+            found = self._children[key] = _fast(family, family.labels(*labels))
         return found
 
     def forget(self, family: Any, *labels: str) -> None:
@@ -92,6 +94,56 @@ class Metrics:
         self.child(self.duration, endpoint, model).observe(seconds)
 
 
+class _Count:
+    """A counter child's increment without the checks prometheus_client repeats on every call
+    (is it a labelled parent? is the amount negative?): here the labels are fixed at creation
+    and every amount counts something delivered. Writes the child's own value, so scrapes and
+    multiprocess files see exactly what Counter.inc would have written."""
+
+    __slots__ = ("_add",)
+
+    def __init__(self, child: Counter) -> None:
+        self._add = child._value.inc
+
+    def inc(self, amount: float = 1) -> None:
+        self._add(amount)
+
+
+class _Observe:
+    """A histogram child's observe: the sum and the one bucket, the bucket found by bisection
+    (prometheus_client walks the bounds in Python), the same values written."""
+
+    __slots__ = ("_add_sum", "_bounds", "_buckets")
+
+    def __init__(self, child: Histogram) -> None:
+        self._add_sum = child._sum.inc
+        self._bounds = tuple(child._upper_bounds)  # ends with +Inf: every amount has a bucket
+        self._buckets = tuple(b.inc for b in child._buckets)
+
+    def observe(self, amount: float) -> None:
+        self._add_sum(amount)
+        self._buckets[bisect_left(self._bounds, amount)](1)
+
+
+def _fast(family: Any, child: Any) -> Any:
+    """The fast path of a counter or histogram child; gauges (set, inc, dec) as they are. A
+    prometheus_client without these internals gets its public methods."""
+    try:
+        if isinstance(family, Counter):
+            return _Count(child)
+        if isinstance(family, Histogram):
+            return _Observe(child)
+    except AttributeError:
+        pass
+    return child
+
+
+def gauge_adder(gauge: Gauge) -> Callable[[float], None]:
+    """`add(1)` / `add(-1)` on an unlabelled gauge: Gauge.inc and dec without their checks."""
+    value = getattr(gauge, "_value", None)
+    return value.inc if value is not None else gauge.inc
+
+
 def _endpoint(request: web.Request) -> str:
     route = request.match_info.route
     resource = route.resource
@@ -99,7 +151,7 @@ def _endpoint(request: web.Request) -> str:
 
 
 def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
-    in_flight = metrics.in_flight
+    add_in_flight = gauge_adder(metrics.in_flight)
 
     @web.middleware
     async def metrics_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -107,7 +159,7 @@ def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRe
         status = 499
         counted = request.path != SCRAPE_PATH
         if counted:
-            in_flight.inc()
+            add_in_flight(1)
         try:
             response = await handler(request)
             status = response.status
@@ -119,7 +171,7 @@ def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRe
             raise
         finally:
             if counted:
-                in_flight.dec()
+                add_in_flight(-1)
             key = request.get(KEY_ID, NONE)
             metrics.observe_request(
                 _endpoint(request), request.get(MODEL, NONE), key, status,
