@@ -77,7 +77,7 @@ class Metrics:
     def child(self, family: Any, *labels: str) -> Any:
         """Label children are cached: `labels()` costs more than the increment itself. Counters
         and histograms come back as their fast path (see _Count and _Observe)."""
-        key = (id(family), *labels)
+        key = (family, *labels)  # families hash by identity
         found = self._children.get(key)
         if found is None:
             found = self._children[key] = _fast(family, family.labels(*labels))
@@ -85,7 +85,7 @@ class Metrics:
 
     def forget(self, family: Any, *labels: str) -> None:
         """Drops a series whose labels no longer name anything configured."""
-        if self._children.pop((id(family), *labels), None) is not None:
+        if self._children.pop((family, *labels), None) is not None:
             family.remove(*labels)
 
     def observe_request(self, endpoint: str, model: str, key: str, status: int,
