@@ -8,7 +8,7 @@ import structlog
 from aiohttp import hdrs, web
 from imagegate.config.errors import GatewayError
 from imagegate.config.schema import ApiKey, AuthConfig
-from imagegate.middlewares.keys import API_KEY, KEY_ID
+from imagegate.middlewares.keys import record_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -58,8 +58,8 @@ def auth_middleware(auth: AuthConfig, admin_keys: Iterable[str] = ()
         key = keys.get(hash_key(bearer_token(request)))  # a digest lookup, no plaintext ==
         if key is None:
             raise GatewayError("invalid_api_key", "Incorrect API key provided.")
-        request[API_KEY] = key
-        request[KEY_ID] = key.id
+        record = record_of(request)
+        record.api_key, record.key_id = key, key.id
         return await handler(request)
 
     return auth_mw
@@ -67,7 +67,7 @@ def auth_middleware(auth: AuthConfig, admin_keys: Iterable[str] = ()
 
 def check_model_allowed(request: web.Request, model: str) -> None:
     """403 when the caller's key has an allowlist without this public model name."""
-    key = request.get(API_KEY)
+    key = record_of(request).api_key
     if key is not None and key.models is not None and model not in key.models:
         raise GatewayError(
             "model_not_allowed",
@@ -79,7 +79,7 @@ def check_model_allowed(request: web.Request, model: str) -> None:
 def allowed_models(request: web.Request, names: list[str],
                    public: dict[str, str] | None = None) -> list[str]:
     """The names (aliases too, given `public`: name -> its model) the caller's key may use."""
-    key = request.get(API_KEY)
+    key = record_of(request).api_key
     if key is None or key.models is None:
         return names
     return [n for n in names if (public or {}).get(n, n) in key.models]

@@ -9,16 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
-from imagegate.middlewares.keys import (
-    COST,
-    IDEMPOTENCY,
-    KEY_ID,
-    MODEL,
-    OUTCOME,
-    PROMPT,
-    REQUEST_ID,
-    REQUEST_ID_VAR,
-)
+from imagegate.middlewares.keys import RECORD, REQUEST_ID_VAR, Record, record_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -34,7 +25,7 @@ def context_middleware() -> Callable[..., Awaitable[web.StreamResponse]]:
     async def context_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get("x-request-id", "")
         request_id = given if _CLIENT_ID.fullmatch(given) else new_request_id()
-        request[REQUEST_ID] = request_id
+        record = request[RECORD] = Record(request_id)
         REQUEST_ID_VAR.set(request_id)  # this request's task: nothing left from an earlier one
         started = time.perf_counter()
         status = 500
@@ -47,34 +38,33 @@ def context_middleware() -> Callable[..., Awaitable[web.StreamResponse]]:
             status = 499  # the client hung up; the upstream call is cancelled with us
             raise
         finally:
-            _access_line(request, status, started, response)
+            _access_line(request, record, status, started, response)
 
     return context_mw
 
 
-def _access_line(
-    request: web.Request, status: int, started: float, response: web.StreamResponse | None
-) -> None:
+def _access_line(request: web.Request, record: Record, status: int, started: float,
+                 response: web.StreamResponse | None) -> None:
     bytes_out = 0
     if response is not None:
         bytes_out = response.body_length if response.prepared else len(
             getattr(response, "body", b"") or b""
         )
-    extra = {"prompt": request[PROMPT]} if PROMPT in request else {}
-    if IDEMPOTENCY in request:
-        extra["idempotency"] = request[IDEMPOTENCY]
-    outcome = request.get(OUTCOME)
+    extra = {"prompt": record.prompt} if record.prompt is not None else {}
+    if record.idempotency is not None:
+        extra["idempotency"] = record.idempotency
+    outcome = record.outcome
     log.info(
         "request",
         method=request.method,
         path=request.path,
         status=status,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
-        key=request.get(KEY_ID),
-        model=request.get(MODEL),
+        key=record.key_id,
+        model=record.model,
         provider=outcome.provider if outcome is not None else None,
         images=outcome.images if outcome is not None else 0,
-        cost_usd=request.get(COST),  # null: unpriced route, or no answer
+        cost_usd=record.cost_usd,  # null: unpriced route, or no answer
         bytes_in=request.content_length or 0,
         bytes_out=bytes_out,
         **extra,
@@ -83,6 +73,6 @@ def _access_line(
 
 async def set_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: every answer, streamed ones too, carries x-request-id."""
-    request_id = request.get(REQUEST_ID)
-    if request_id is not None:
+    request_id = record_of(request).request_id
+    if request_id:
         response.headers["x-request-id"] = request_id

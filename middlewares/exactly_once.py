@@ -13,7 +13,7 @@ from aiohttp import web
 from imagegate.config.errors import GatewayError
 from imagegate.config.schema import Config
 from imagegate.middlewares.capture import TeeWriter, answer_of
-from imagegate.middlewares.keys import IDEMPOTENCY, KEY_ID
+from imagegate.middlewares.keys import record_of
 from imagegate.middlewares.ledger import Ledger, MemoryLedger, RedisLedger, StoredAnswer
 from imagegate.middlewares.metrics import Metrics
 
@@ -66,7 +66,7 @@ class ExactlyOnce:
                      ) -> web.StreamResponse:
         """`close` frees what the request needs to the end (a spooled form): called once it is
         answered, by the detached run when there is one."""
-        scope = scope_of(request.get(KEY_ID, "anonymous"), endpoint, key)
+        scope = scope_of(record_of(request).key_id or "anonymous", endpoint, key)
         deadline = time.monotonic() + wait_s
         waited = detached = False
         try:
@@ -87,7 +87,7 @@ class ExactlyOnce:
                     return self._replay(request, claim.answer,
                                         "coalesced" if waited else "replayed")
                 if claim.kind == "won":
-                    request[IDEMPOTENCY], detached = "first", True
+                    record_of(request).idempotency, detached = "first", True
                     return await self._first(request, handler, scope, claim.token, close)
                 waited = True
                 await self._wait(scope, deadline - time.monotonic())
@@ -106,10 +106,11 @@ class ExactlyOnce:
             await asyncio.wait_for(changed.wait(), min(left, POLL_S))
 
     def _replay(self, request: web.Request, answer: StoredAnswer, how: str) -> web.Response:
-        request[IDEMPOTENCY] = how
+        record = record_of(request)
+        record.idempotency = how
         family = self.metrics.idempotent_replays if how == "replayed" else (
             self.metrics.idempotent_coalesced)
-        self.metrics.child(family, request.get(KEY_ID, "anonymous")).inc()
+        self.metrics.child(family, record.key_id or "anonymous").inc()
         response = web.Response(status=answer.status, body=answer.body)
         for name, value in answer.headers:
             response.headers[name] = value

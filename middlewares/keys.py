@@ -51,16 +51,36 @@ class Outcome:
 
 CONFIG = web.AppKey("config", Config)
 
-REQUEST_ID = web.RequestKey("request_id", str)
-API_KEY = web.RequestKey("api_key", ApiKey)  # absent on an open gateway
-KEY_ID = web.RequestKey("key_id", str)  # label and log value: the key's id, never the secret
-MODEL = web.RequestKey("model", str)  # the public model name, once it is known and configured
-PROMPT = web.RequestKey("prompt", str)  # set only when server.log_prompts is true
 PARSED = web.RequestKey("parsed", ParsedRequest)  # images POSTs, by middlewares/parse.py
-OUTCOME = web.RequestKey("outcome", Outcome)  # images answers, by proxy/dispatch.py
-COST = web.RequestKey("cost_usd", float)  # the answer's cost, when its route has a price
-USAGE_HEADERS = web.RequestKey("usage_headers", dict)  # x-ratelimit-*, budget, cost headers
-IDEMPOTENCY = web.RequestKey("idempotency", str)  # first | replayed | coalesced, with a key
+
+
+@dataclass(slots=True)
+class Record:
+    """What the access log and the metrics read about one request, on one object (attribute
+    reads, not a mapping lookup that raises for every absent key). Each field is written in one
+    place, named beside it; None until then."""
+
+    request_id: str = ""  # middlewares/context.py
+    api_key: ApiKey | None = None  # middlewares/auth.py; None on an open gateway
+    key_id: str | None = None  # auth: label and log value, the key's id, never the secret
+    model: str | None = None  # middlewares/parse.py: the public model name, once configured
+    prompt: str | None = None  # parse, only when server.log_prompts is true
+    outcome: Outcome | None = None  # proxy/dispatch.py: images answers
+    cost_usd: float | None = None  # middlewares/ratelimit.py: when the route has a price
+    usage_headers: dict[str, str] | None = None  # ratelimit: x-ratelimit-*, budget, cost
+    idempotency: str | None = None  # middlewares/exactly_once.py: first | replayed | coalesced
+
+
+RECORD = web.RequestKey("record", Record)
+
+
+def record_of(request: web.Request) -> Record:
+    """The request's record: made by the context middleware, or here for a layer run alone."""
+    try:
+        return request[RECORD]
+    except KeyError:
+        record = request[RECORD] = Record()
+        return record
 
 
 # the id of the request this task answers: set by the context middleware, put on every log

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from imagegate.middlewares.keys import KEY_ID, MODEL, OUTCOME
+from imagegate.middlewares.keys import record_of
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -172,12 +172,13 @@ def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRe
         finally:
             if counted:
                 add_in_flight(-1)
-            key = request.get(KEY_ID, NONE)
+            record = record_of(request)
+            key = record.key_id or NONE
             metrics.observe_request(
-                _endpoint(request), request.get(MODEL, NONE), key, status,
+                _endpoint(request), record.model or NONE, key, status,
                 time.perf_counter() - started,
             )
-            outcome = request.get(OUTCOME)
+            outcome = record.outcome
             if outcome is not None and outcome.images:
                 metrics.child(metrics.key_images, key).inc(outcome.images)
 

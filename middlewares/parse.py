@@ -20,7 +20,7 @@ from imagegate.config.schema import Config, ModelConfig
 from imagegate.middlewares.auth import check_model_allowed
 from imagegate.middlewares.forms import Form, read_form
 from imagegate.middlewares.jsonshape import check_json_shape
-from imagegate.middlewares.keys import MODEL, PARSED, PROMPT, ParsedRequest
+from imagegate.middlewares.keys import PARSED, ParsedRequest, record_of
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # path -> (endpoint, the JSON body type or None, whether multipart is accepted)
@@ -141,11 +141,12 @@ def parse_middleware(config: Config, table: ModelTable) -> Callable[..., Awaitab
     def parsed(request: web.Request, endpoint: str, body: Any, raw: bytes | None,
                form: Form | None) -> ParsedRequest:
         public, model_config = table.resolve(body.model)
-        request[MODEL] = public
+        record = record_of(request)
+        record.model = public
         check_model_allowed(request, public)
         body, filled = apply_defaults(body, model_config.defaults)
         if log_prompts:
-            request[PROMPT] = body.prompt[:PROMPT_LOG_CHARS]
+            record.prompt = body.prompt[:PROMPT_LOG_CHARS]
         return ParsedRequest(endpoint, public, model_config, body.n or 1, bool(body.stream),
                              body, raw, form, filled)
 

@@ -7,7 +7,7 @@ from aiohttp import web
 from imagegate.config.errors import GatewayError
 from imagegate.config.prices import MICRO, answer_cost, usd_text
 from imagegate.config.schema import AuthConfig
-from imagegate.middlewares.keys import COST, KEY_ID, OUTCOME, PARSED, USAGE_HEADERS
+from imagegate.middlewares.keys import PARSED, record_of
 from imagegate.middlewares.limits import Cap, Decision, Limiter, Slot, Window
 from imagegate.middlewares.metrics import Metrics
 from imagegate.middlewares.plans import (
@@ -36,7 +36,7 @@ def ratelimit_middleware(auth: AuthConfig, limiter: Limiter | None,
     async def ratelimit_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         if PARSED not in request:
             return await handler(request)
-        policy = table.get(request.get(KEY_ID, ANONYMOUS))
+        policy = table.get(record_of(request).key_id or ANONYMOUS)
         if policy is None:
             try:
                 response = await handler(request)
@@ -64,7 +64,7 @@ async def _admitted(request: web.Request, handler: Handler, policy: Policy, plan
                            f"'{policy.key_id}' may ever get at once ({impossible.name} is "
                            f"{impossible.limit}).", param="n")
     decision = await limiter.admit(plan)
-    headers = request[USAGE_HEADERS] = usage_headers(decision)  # on every answer, errors too
+    headers = record_of(request).usage_headers = usage_headers(decision)  # every answer, errors too
     if decision.refused is not None:
         record_budget(metrics, policy.key_id, decision.plan.caps, decision.spent)
         refused = decision.refused
@@ -76,7 +76,7 @@ async def _admitted(request: web.Request, handler: Handler, policy: Policy, plan
         response = await handler(request)
     finally:
         cost = record_cost(request, metrics)
-        outcome = request.get(OUTCOME)
+        outcome = record_of(request).outcome
         deltas = settle_deltas(plan, cost, outcome.images if outcome is not None else 0)
         await limiter.finish(decision, deltas)
         spent = [v + d for v, d in zip(decision.spent, deltas, strict=True)]
@@ -100,8 +100,9 @@ def record_budget(metrics: Metrics, key_id: str, caps: list[Cap], spent: list[in
 
 
 def record_cost(request: web.Request, metrics: Metrics) -> float | None:
-    """The answer's cost into the metrics and request[COST] (for the access log)."""
-    outcome = request.get(OUTCOME)
+    """The answer's cost into the metrics and the request's record (for the access log)."""
+    record = record_of(request)
+    outcome = record.outcome
     if outcome is None:
         return None
     model = request[PARSED].public_model
@@ -110,8 +111,8 @@ def record_cost(request: web.Request, metrics: Metrics) -> float | None:
     if cost is None:
         metrics.child(metrics.unpriced, model, outcome.provider).inc()
         return None
-    request[COST] = cost
-    metrics.child(metrics.cost, request.get(KEY_ID, ANONYMOUS), model, outcome.provider).inc(cost)
+    record.cost_usd = cost
+    metrics.child(metrics.cost, record.key_id or ANONYMOUS, model, outcome.provider).inc(cost)
     return cost
 
 
@@ -140,6 +141,6 @@ def refusal_message(policy: Policy, decision: Decision) -> str:
 
 async def apply_usage_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: the limit and budget headers on every answer, streams and errors."""
-    headers = request.get(USAGE_HEADERS)
+    headers = record_of(request).usage_headers
     if headers:
         response.headers.update(headers)

@@ -6,7 +6,7 @@ from aiohttp import web
 from imagegate.adapters.base import ImageRequest
 from imagegate.config.api import ImagesResponse
 from imagegate.config.errors import GatewayError
-from imagegate.middlewares.keys import OUTCOME, Outcome
+from imagegate.middlewares.keys import Outcome, record_of
 from imagegate.proxy import adapted, sse
 from imagegate.proxy.adapted import Produced
 from imagegate.proxy.answer import Answer
@@ -86,6 +86,6 @@ def _record(gw: Gateway, job: Job, route: RouteState, attempts: int, images: int
     outcome = Outcome(provider=route.provider, route=route.route, provider_model=route.model,
                       images=images, usage=answered.usage, size=body.size,
                       quality=body.quality, attempts=attempts)
-    job.request[OUTCOME] = outcome
+    record_of(job.request).outcome = outcome
     if images:
         gw.count_images(job.public_model, route.provider, images, answered.usage)

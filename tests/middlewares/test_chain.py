@@ -8,7 +8,7 @@ from imagegate.config.errors import GatewayError
 from imagegate.middlewares.auth import auth_middleware
 from imagegate.middlewares.context import context_middleware, set_request_id_header
 from imagegate.middlewares.errors import errors_middleware
-from imagegate.middlewares.keys import KEY_ID, REQUEST_ID
+from imagegate.middlewares.keys import record_of
 from imagegate.middlewares.metrics import NONE, Metrics, metrics_middleware
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
@@ -25,7 +25,7 @@ def inline(*middlewares: Any, handler: Any) -> web.Application:
 
 async def test_context_keeps_a_valid_request_id_and_logs_one_line(aiohttp_client: Any) -> None:
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(text=request[REQUEST_ID])
+        return web.Response(text=record_of(request).request_id)
 
     client = await aiohttp_client(inline(context_middleware(), handler=handler))
     with capture_logs() as logs:
@@ -59,7 +59,7 @@ async def test_auth_admits_known_keys_only(aiohttp_client: Any) -> None:
     config = make_config({"auth": {"keys": [{"id": "team-a", "key": "k-a"}]}})
 
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(text=request[KEY_ID])
+        return web.Response(text=record_of(request).key_id or "")
 
     client = await aiohttp_client(inline(errors_middleware(), auth_middleware(config.auth),
                                          handler=handler))

@@ -14,7 +14,7 @@ from imagegate.config.loader import parse_config
 from imagegate.config.schema import Config
 from imagegate.middlewares.context import context_middleware
 from imagegate.middlewares.errors import errors_middleware
-from imagegate.middlewares.keys import KEY_ID, OUTCOME, PARSED, Outcome, ParsedRequest
+from imagegate.middlewares.keys import PARSED, Outcome, ParsedRequest, record_of
 from imagegate.middlewares.limits import Limiter
 from imagegate.middlewares.metrics import Metrics
 from imagegate.middlewares.ratelimit import apply_usage_headers, ratelimit_middleware
@@ -50,7 +50,7 @@ def _parse(config: Config) -> Any:
     async def parse_mw(request: web.Request, handler: Any) -> web.StreamResponse:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if config.auth.keys:
-            request[KEY_ID] = token
+            record_of(request).key_id = token
         body = msgspec.json.decode(await request.read(), type=ImageGenerateRequest)
         model = body.model or "img"
         request[PARSED] = ParsedRequest("generations", model, config.models[model], body.n or 1,
@@ -83,12 +83,12 @@ class Script:
             response = web.StreamResponse(headers={"content-type": "text/event-stream"})
             await response.prepare(request)
             await response.write(b"event: image_generation.partial_image\ndata: {}\n\n")
-            request[OUTCOME] = outcome
+            record_of(request).outcome = outcome
             await self.release.wait()
             await response.write(b"event: image_generation.completed\ndata: {}\n\n")
             self.finished += 1
             return response
-        request[OUTCOME] = outcome
+        record_of(request).outcome = outcome
         self.finished += 1
         return web.json_response({**ANSWER, "data": ANSWER["data"] * delivered})
 
