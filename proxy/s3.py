@@ -17,9 +17,15 @@ CHUNK_BYTES = 256 * 1024  # a streamed object is relayed this much at a time
 ANSWERS = "answers/"  # stored answers beside the images, under the same prefix
 
 
-def expire_days(ttl_s: float) -> int:
-    """Lifecycle rules count whole days: the object outlives its links by less than one."""
-    return max(1, math.ceil(ttl_s / 86400))
+# the values the `imagegate-expire-days` tag takes, one rule each in s3-lifecycle.json
+EXPIRE_DAYS = (1, 2, 3, 7, 14, 30, 90, 365)
+
+
+def expire_days(ttl_s: float) -> str:
+    """Lifecycle rules count whole days: an object outlives its links, rounded up to the next
+    rung of EXPIRE_DAYS; past the last one it is kept (no rule matches)."""
+    days = math.ceil(ttl_s / 86400)
+    return next((str(d) for d in EXPIRE_DAYS if d >= days), "keep")
 
 
 class S3Objects:
