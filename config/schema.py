@@ -102,6 +102,9 @@ class S3Config(Strict, frozen=True):
                              "the standard AWS credential chain)")
         if self.prefix.startswith("/"):
             raise ValueError("prefix: a key prefix does not start with '/'")
+        if self.endpoint_url is not None and not self.endpoint_url.startswith(
+                ("http://", "https://")):
+            raise ValueError("endpoint_url: expected an http:// or https:// URL")
 
     def __repr__(self) -> str:
         return (f"S3Config(bucket={self.bucket!r}, prefix={self.prefix!r}, "

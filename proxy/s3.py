@@ -29,9 +29,10 @@ def expire_days(ttl_s: float) -> str:
 
 
 class S3Objects:
-    """One aiobotocore client for the process, made on first use (the import costs ~25 MB and
-    0.3 s, paid only when storage.backend is s3). Raises what `errors` names; callers decide
-    what an outage means for them (a 503 for images, an unprotected request for answers)."""
+    """One aiobotocore client for the process, made at start-up (the import and the client's
+    service model cost ~24 MB and 0.4 s, paid only when storage.backend is s3). Raises what
+    `errors` names; callers decide what an outage means for them (a 503 for images, an
+    unprotected request for answers)."""
 
     def __init__(self, config: S3Config, ttl_s: float,
                  clock: Callable[[], float] = time.time) -> None:

@@ -190,6 +190,13 @@ class ImageStore:
         path = self.files.get(name)
         return (path, ctype) if path is not None else None
 
+    async def start(self) -> None:
+        if self.s3 is not None:  # the client at start-up, not on the first request
+            try:
+                await self.s3.client()
+            except self.s3.errors as exc:  # tried again on first use
+                s3_down(exc, "connect")
+
     async def sweep_forever(self) -> None:
         if self.files is None:
             return  # Redis expires keys itself; a bucket's lifecycle rule expires objects

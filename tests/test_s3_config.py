@@ -27,6 +27,8 @@ BUCKET = {"bucket": "imagegate-images"}
     ({"backend": "s3", "s3": {**BUCKET, "prefix": "/images/"}}, "storage.s3", "prefix"),
     ({"backend": "s3", "s3": {**BUCKET, "presign": "yes"}}, "storage.s3.presign", "bool"),
     ({"backend": "s3", "s3": {**BUCKET, "bucekt": "x"}}, "storage.s3", "unknown key"),
+    ({"backend": "s3", "s3": {**BUCKET, "endpoint_url": "minio:9000"}}, "storage.s3",
+     "endpoint_url"),
     ({"backend": "s3", "ttl_s": 8 * 86400, "s3": BUCKET}, "storage", "7 days"),
     ({"backend": "gcs"}, "storage.backend", "Invalid enum value 'gcs'"),
 ])
