@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -22,6 +24,7 @@ from tests.conftest import make_config, openai_models
 from tests.e2e.test_health import healthy, start
 from tests.e2e.test_idempotency import generate
 from tests.e2e.test_routing import two_upstreams
+from tests.gateway_process import gateway_process
 from tests.redis_server import redis_server
 from tests.s3_server import ENV, MotoServer, S3Target, s3_target
 from tests.schemas import checked_sdk
@@ -235,3 +238,35 @@ async def test_a_bucket_that_is_down_is_503_and_leaves_route_health_alone(
         assert resp.status == 200 and (await resp.read()).startswith(b"\x89PNG")
         assert (await client.post(GENERATE, json=url_body)).status == 200
     server.stop()
+
+
+def post(base_url: str, body: dict[str, Any], key: str) -> tuple[dict[str, str], bytes]:
+    request = urllib.request.Request(f"{base_url}{GENERATE}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json",
+                                              "Idempotency-Key": key})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return dict(resp.headers), resp.read()
+
+
+async def test_two_gateway_processes_replay_one_answer_from_the_bucket(s3: S3Target,
+                                                                       tmp_path: Any) -> None:
+    with redis_server(tmp_path) as url:
+        config = tmp_path / "imagegate.yaml"
+        config.write_text(json.dumps({**redis_and_s3(s3, url), "models": {
+            "local": {"routes": [{"provider": "local"}]}}, "providers": {
+            "local": {"type": "local"}}}))
+        with gateway_process(tmp_path, config, name="a") as a, \
+                gateway_process(tmp_path, config, name="b") as b:
+            a.wait_healthy()
+            b.wait_healthy()
+            body = {**LOCAL, "response_format": "url"}
+            first_headers, first = await asyncio.to_thread(post, a.base_url, body, "k-1")
+            headers, again = await asyncio.to_thread(post, b.base_url, body, "k-1")
+            assert "idempotent-replayed" not in first_headers
+            assert headers["idempotent-replayed"] == "true" and again == first
+            link = json.loads(again)["data"][0]["url"]
+            async with aiohttp.ClientSession() as http, http.get(link) as got:
+                assert got.status == 200 and got.headers["Content-Type"] == "image/png"
+            assert len(s3.keys("answers/")) == 1 and len(s3.keys()) == 2
+        for log in (a.log(), b.log()):
+            assert "X-Amz-Signature" not in log and s3.secret_access_key not in log
