@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +16,9 @@ from imagegate.config.schema import S3Config
 
 CHUNK_BYTES = 256 * 1024  # a streamed object is relayed this much at a time
 ANSWERS = "answers/"  # stored answers beside the images, under the same prefix
+# their debug records carry request bodies (image bytes), signatures and signed URLs: never
+# logged, whatever server.log_level says
+QUIET_LOGGERS = ("botocore", "aiobotocore", "s3transfer", "urllib3")
 
 
 # the values the `imagegate-expire-days` tag takes, one rule each in s3-lifecycle.json
@@ -41,6 +45,8 @@ class S3Objects:
 
         self.config, self.ttl_s, self.clock = config, ttl_s, clock
         self.presign = config.presign
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.errors: tuple[type[Exception], ...] = (
             boto_errors.BotoCoreError, boto_errors.ClientError, aiohttp.ClientError, OSError,
             TimeoutError)

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import datetime as dt
 import json
+import logging
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 import redis
+from aiohttp import web
 from imagegate.config.schema import Config
 from imagegate.proxy.storage import ImageStore
 from structlog.testing import capture_logs
@@ -270,3 +272,65 @@ async def test_two_gateway_processes_replay_one_answer_from_the_bucket(s3: S3Tar
             assert len(s3.keys("answers/")) == 1 and len(s3.keys()) == 2
         for log in (a.log(), b.log()):
             assert "X-Amz-Signature" not in log and s3.secret_access_key not in log
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name} {record.getMessage()}")
+
+
+async def test_debug_logging_shows_no_signature_url_or_image_bytes(gateway: Any,
+                                                                   s3: S3Target) -> None:
+    root, records = logging.getLogger(), Records()
+    level = root.level
+    root.addHandler(records)
+    root.setLevel(logging.DEBUG)  # as server.log_level: debug sets it
+    try:
+        client = await gateway(s3_config(s3, presign=False))
+        image, url = await b64_and_url(client)
+        assert (await client.get("/" + url.split("/", 3)[3])).status == 200
+    finally:
+        root.removeHandler(records)
+        root.setLevel(level)
+    text = "\n".join(records.lines)
+    for leak in ("Signature", "Authorization", "X-Amz", s3.secret_access_key, "IHDR"):
+        assert leak not in text
+
+
+async def test_a_bucket_that_breaks_mid_object_cuts_the_link_and_logs_no_500(
+        gateway: Any, aiohttp_server: Any) -> None:
+    """An S3-compatible server that takes the object, then sends a tenth of it and hangs up."""
+    stored: dict[str, bytes] = {}
+
+    async def put(request: web.Request) -> web.Response:
+        stored[request.path] = await request.read()
+        return web.Response(headers={"ETag": '"1"'})
+
+    async def get(request: web.Request) -> web.StreamResponse:
+        data = stored[request.path]
+        resp = web.StreamResponse(headers={"Content-Type": "image/png",
+                                           "Content-Length": str(len(data))})
+        await resp.prepare(request)
+        await resp.write(data[: len(data) // 10])
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+
+    app = web.Application()
+    app.router.add_put("/{tail:.*}", put)
+    app.router.add_get("/{tail:.*}", get)
+    broken = await aiohttp_server(app)
+    target = S3Target(str(broken.make_url("")).rstrip("/"), "k", "s" * 16, "bucket", "images/")
+    client = await gateway(s3_config(target, presign=False))
+    _, url = await b64_and_url(client)
+    with capture_logs() as logs:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            resp = await client.get("/" + url.split("/", 3)[3])
+            assert resp.status == 200
+            await resp.read()
+    assert [e["action"] for e in logs if e["event"] == "storage_unreachable"] == ["stream"]
+    assert not [e for e in logs if e["event"] == "unhandled_error"]
