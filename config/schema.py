@@ -89,7 +89,7 @@ class S3Config(Strict, frozen=True):
     bucket: str = ""
     prefix: str = "images/"
     region: str = "us-east-1"
-    endpoint_url: str | None = None  # MinIO, R2, GCS's S3 API...; None: AWS's own
+    endpoint_url: str | None = None  # MinIO, R2, GCS's S3 API...; None or empty: AWS's own
     access_key_id: str = ""
     secret_access_key: str = ""
     presign: bool = True  # links straight to the bucket; false: signed links to the gateway
@@ -102,8 +102,7 @@ class S3Config(Strict, frozen=True):
                              "the standard AWS credential chain)")
         if self.prefix.startswith("/"):
             raise ValueError("prefix: a key prefix does not start with '/'")
-        if self.endpoint_url is not None and not self.endpoint_url.startswith(
-                ("http://", "https://")):
+        if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
             raise ValueError("endpoint_url: expected an http:// or https:// URL")
 
     def __repr__(self) -> str:

@@ -61,8 +61,9 @@ async def hosted_file(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers=headers)
         response.content_length = image.length
         await response.prepare(request)
-        async for chunk in image.chunks():  # a bucket failing now cuts the connection
-            await response.write(chunk)
+        if request.method != "HEAD":
+            async for chunk in image.chunks():  # a bucket failing now cuts the connection
+                await response.write(chunk)
         await response.write_eof()
     return response
 

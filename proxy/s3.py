@@ -80,7 +80,7 @@ class S3Objects:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required")
         return get_session().create_client("s3", region_name=c.region,
-                                           endpoint_url=c.endpoint_url, config=config,
+                                           endpoint_url=c.endpoint_url or None, config=config,
                                            **credentials)
 
     def key(self, name: str) -> str:
