@@ -150,8 +150,12 @@ class MemoryLedger:
                                answer: StoredAnswer) -> bool:
         assert self.blobs is not None
         name = f"{scope}:answer:{token}"
-        await self.blobs.put(name, msgspec.msgpack.encode(answer),
-                             max(1.0, answer.expires_at - self.clock()))
+        try:
+            await self.blobs.put(name, msgspec.msgpack.encode(answer),
+                                 max(1.0, answer.expires_at - self.clock()))
+        except self.blobs.errors:
+            await self.release(scope, token)  # a retry runs again at once, not after the lease
+            raise
         if self.entries.get(scope) is not entry or entry.token != token:
             await self.blobs.delete(name)  # the lease lapsed while the answer was written
             return False
@@ -285,7 +289,11 @@ class RedisLedger:
         record.done = True
         answer_key = f"{key}:answer:{token}"
         if self.blobs is not None:
-            await self.blobs.put(answer_key, msgspec.msgpack.encode(answer), px / 1000)
+            try:
+                await self.blobs.put(answer_key, msgspec.msgpack.encode(answer), px / 1000)
+            except self.blobs.errors:
+                await self.release(scope, token)  # a retry runs again at once
+                raise
         else:
             await self.client.set(answer_key, msgspec.msgpack.encode(answer), px=px)
         if await self._swap(keys=[key], args=[token, msgspec.json.encode(record), px]):

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+import openai
 import pytest
 import redis
 from aiohttp import web
@@ -334,3 +335,28 @@ async def test_a_bucket_that_breaks_mid_object_cuts_the_link_and_logs_no_500(
             await resp.read()
     assert [e["action"] for e in logs if e["event"] == "storage_unreachable"] == ["stream"]
     assert not [e for e in logs if e["event"] == "unhandled_error"]
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+async def test_stored_answers_with_the_bucket_down_follow_on_redis_error(
+        start_openai: Any, openai_upstream: Any, on_error: str) -> None:
+    recorder, _ = openai_upstream
+    server = MotoServer()
+    with s3_target(server) as s3:
+        client = await start_openai({"storage": {"backend": "s3", "s3": s3.config()},
+                                     "state": {"on_redis_error": on_error}})
+        await generate(client)
+        server.stop()
+        with capture_logs() as logs:
+            if on_error == "open":  # served again, unprotected
+                headers, _ = await generate(client)
+                assert "idempotent-replayed" not in headers and len(recorder.requests) == 2
+                headers, _ = await generate(client, "order-43")  # answered, not stored
+                headers, _ = await generate(client, "order-43")  # nor held: it runs again
+                assert len(recorder.requests) == 4
+            else:
+                with pytest.raises(openai.InternalServerError) as caught:
+                    await generate(client)
+                assert caught.value.status_code == 503 and len(recorder.requests) == 1
+        actions = [e["action"] for e in logs if e["event"] == "idempotency_unavailable"]
+        assert actions == (["claim", "store", "store"] if on_error == "open" else ["claim"])
