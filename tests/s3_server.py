@@ -170,9 +170,14 @@ def s3_target(moto: MotoServer | None = None) -> Iterator[S3Target]:
     prefix = f"t-{secrets.token_hex(4)}/images/"
     endpoint = os.environ.get(ENV)
     if endpoint and moto is None:
-        yield S3Target(endpoint, os.environ.get("IMAGEGATE_TEST_S3_ACCESS_KEY_ID", ""),
-                       os.environ.get("IMAGEGATE_TEST_S3_SECRET_ACCESS_KEY", ""),
-                       os.environ.get("IMAGEGATE_TEST_S3_BUCKET", "imagegate-test"), prefix)
+        outside = S3Target(endpoint, os.environ.get("IMAGEGATE_TEST_S3_ACCESS_KEY_ID", ""),
+                           os.environ.get("IMAGEGATE_TEST_S3_SECRET_ACCESS_KEY", ""),
+                           os.environ.get("IMAGEGATE_TEST_S3_BUCKET", "imagegate-test"), prefix)
+        try:
+            yield outside
+        finally:  # the bucket is the user's: only what the test wrote goes
+            for key in outside.keys():
+                outside.client.delete_object(Bucket=outside.bucket, Key=key)
         return
     own = moto is None
     server = moto or MotoServer()

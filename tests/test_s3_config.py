@@ -13,7 +13,7 @@ from imagegate.config.loader import ConfigError, parse_config
 from imagegate.middlewares.redact import configured_secrets
 from imagegate.proxy.s3 import EXPIRE_DAYS, expire_days
 
-from tests.s3_server import s3_target
+from tests.s3_server import MotoServer, s3_target
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = {"bucket": "imagegate-images"}
@@ -70,8 +70,10 @@ def test_the_lifecycle_rules_match_the_tags_and_a_server_takes_them() -> None:
     by_tag = {r["Filter"]["Tag"]["Value"]: r["Expiration"]["Days"] for r in rules["Rules"]
               if r["Filter"]["Tag"]["Key"] == "imagegate-expire-days"}
     assert by_tag == {str(d): d for d in EXPIRE_DAYS}
-    with s3_target() as s3:
+    server = MotoServer()  # never an outside server: its bucket's rules are the user's
+    with s3_target(server) as s3:
         s3.client.put_bucket_lifecycle_configuration(Bucket=s3.bucket,
                                                      LifecycleConfiguration=rules)
         stored = s3.client.get_bucket_lifecycle_configuration(Bucket=s3.bucket)["Rules"]
         assert sorted(r["ID"] for r in stored) == sorted(r["ID"] for r in rules["Rules"])
+    server.stop()
