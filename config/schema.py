@@ -121,6 +121,11 @@ class StorageConfig(Strict, frozen=True):
     def __post_init__(self) -> None:
         if self.backend == "s3" and self.s3 is None:
             raise ValueError("s3: required with backend s3 (at least s3.bucket)")
+        if self.backend == "s3":
+            import importlib.util
+
+            if importlib.util.find_spec("aiobotocore") is None:
+                raise ValueError("backend: s3 needs the s3 extra: pip install 'imagegate[s3]'")
         if self.backend == "s3" and self.s3 is not None and self.s3.presign \
                 and self.ttl_s > PRESIGN_MAX_S:
             raise ValueError(f"ttl_s: presigned links live at most {PRESIGN_MAX_S} s "

@@ -38,6 +38,19 @@ def test_bad_s3_configs_name_their_path(storage: dict[str, Any], path: str, word
     assert caught.value.path == path and words in str(caught.value)
 
 
+def test_s3_without_its_extra_installed_says_which_to_install(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "aiobotocore" else real(name, *a))
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"storage": {"backend": "s3", "s3": BUCKET}}, env={})
+    assert caught.value.path == "storage" and "pip install 'imagegate[s3]'" in str(caught.value)
+    parse_config({"storage": {"backend": "filesystem"}}, env={})  # nothing else needs it
+
+
 def test_defaults_and_the_aws_chain_and_no_secret_in_repr() -> None:
     chain = parse_config({"storage": {"backend": "s3", "s3": BUCKET}}, env={}).storage.s3
     assert chain is not None and (chain.prefix, chain.region, chain.presign) == (
