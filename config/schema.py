@@ -79,14 +79,61 @@ class StateConfig(Strict, frozen=True):
     on_redis_error: Literal["open", "closed"] = "open"  # open: per-process limits; closed: 503
 
 
+PRESIGN_MAX_S = 604800  # SigV4: a presigned link lives at most seven days
+
+
+class S3Config(Strict, frozen=True):
+    """An S3-compatible bucket; empty credentials mean the standard AWS chain (environment,
+    shared files, instance or task roles)."""
+
+    bucket: str = ""
+    prefix: str = "images/"
+    region: str = "us-east-1"
+    endpoint_url: str | None = None  # MinIO, R2, GCS's S3 API...; None or empty: AWS's own
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    presign: bool = True  # links straight to the bucket; false: signed links to the gateway
+
+    def __post_init__(self) -> None:
+        if not self.bucket:
+            raise ValueError("bucket: required with storage.backend s3")
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise ValueError("access_key_id and secret_access_key go together (both empty: "
+                             "the standard AWS credential chain)")
+        if self.prefix.startswith("/"):
+            raise ValueError("prefix: a key prefix does not start with '/'")
+        if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
+            raise ValueError("endpoint_url: expected an http:// or https:// URL")
+
+    def __repr__(self) -> str:
+        return (f"S3Config(bucket={self.bucket!r}, prefix={self.prefix!r}, "
+                f"region={self.region!r}, endpoint_url={self.endpoint_url!r}, "
+                f"access_key_id=***, secret_access_key=***, presign={self.presign})")
+
+
 class StorageConfig(Strict, frozen=True):
-    backend: Literal["filesystem", "redis"] = "filesystem"
+    backend: Literal["filesystem", "redis", "s3"] = "filesystem"
     path: str = "./data/images"
     ttl_s: PositiveFloat = 3600.0
     signing_secret: str = ""
+    s3: S3Config | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend == "s3" and self.s3 is None:
+            raise ValueError("s3: required with backend s3 (at least s3.bucket)")
+        if self.backend == "s3":
+            import importlib.util
+
+            if importlib.util.find_spec("aiobotocore") is None:
+                raise ValueError("backend: s3 needs the s3 extra: pip install 'imagegate[s3]'")
+        if self.backend == "s3" and self.s3 is not None and self.s3.presign \
+                and self.ttl_s > PRESIGN_MAX_S:
+            raise ValueError(f"ttl_s: presigned links live at most {PRESIGN_MAX_S} s "
+                             "(7 days); lower it or set s3.presign: false")
 
     def __repr__(self) -> str:
-        return f"StorageConfig(backend={self.backend!r}, path={self.path!r}, ttl_s={self.ttl_s})"
+        return (f"StorageConfig(backend={self.backend!r}, path={self.path!r}, "
+                f"ttl_s={self.ttl_s}, s3={self.s3!r})")
 
 
 class IdempotencyConfig(Strict, frozen=True):

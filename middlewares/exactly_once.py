@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import hashlib
 import re
@@ -14,13 +15,22 @@ from imagegate.config.errors import GatewayError
 from imagegate.config.schema import Config
 from imagegate.middlewares.capture import TeeWriter, answer_of
 from imagegate.middlewares.keys import record_of
-from imagegate.middlewares.ledger import Ledger, MemoryLedger, RedisLedger, StoredAnswer
+from imagegate.middlewares.ledger import (
+    AnswerBlobs,
+    Ledger,
+    MemoryLedger,
+    RedisLedger,
+    StoredAnswer,
+)
 from imagegate.middlewares.metrics import Metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HEADER = "Idempotency-Key"
 POLL_S = 0.25  # how often a waiting duplicate looks at a ledger another process may change
 _LINK_EXPIRES = re.compile(rb"/v1/images/files/[A-Za-z0-9_.-]+\?expires=([0-9]{1,12})")
+# a presigned S3 link (SigV4): signed at X-Amz-Date, valid X-Amz-Expires seconds from then
+_PRESIGNED = re.compile(
+    rb"X-Amz-Date=([0-9]{8}T[0-9]{6})Z(?:&|\\u0026)X-Amz-Expires=([0-9]{1,7})")
 log = structlog.get_logger("imagegate.idempotency")
 
 
@@ -29,12 +39,21 @@ def scope_of(key_id: str, endpoint: str, key: str) -> str:
     return f"{{{key_id}}}:{endpoint}:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
 
 
-def make_ledger(config: Config, clock: Callable[[], float]) -> Ledger:
+def make_ledger(config: Config, clock: Callable[[], float],
+                blobs: AnswerBlobs | None = None) -> Ledger:
     idem = config.idempotency
     if config.state.backend == "redis":
         return RedisLedger(config.state.redis_url, idem.lease_s, idem.ttl_s, idem.max_stored_bytes,
-                           clock)
-    return MemoryLedger(idem.lease_s, idem.max_stored_bytes, clock)
+                           clock, blobs)
+    return MemoryLedger(idem.lease_s, idem.max_stored_bytes, clock, blobs)
+
+
+def presigned_expiry(signed_at: bytes, valid_s: bytes) -> float:
+    try:
+        signed = calendar.timegm(time.strptime(signed_at.decode(), "%Y%m%dT%H%M%S"))
+    except ValueError:
+        return float("inf")  # not a date: not a link of ours
+    return float(signed + int(valid_s))
 
 
 class ExactlyOnce:
@@ -42,12 +61,13 @@ class ExactlyOnce:
     app: its cleanup waits for them up to graceful_shutdown_s)."""
 
     def __init__(self, config: Config, metrics: Metrics, ledger: Ledger | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, blobs: AnswerBlobs | None = None
+                 ) -> None:
         self.ttl_s, self.lease_s = config.idempotency.ttl_s, config.idempotency.lease_s
         self.grace_s = config.server.graceful_shutdown_s
         self.fail_open = config.state.on_redis_error == "open"
         self.metrics, self.clock = metrics, clock
-        self.ledger = ledger if ledger is not None else make_ledger(config, clock)
+        self.ledger = ledger if ledger is not None else make_ledger(config, clock, blobs)
         self.tasks: set[asyncio.Task[web.StreamResponse]] = set()
         self.changed: dict[str, asyncio.Event] = {}  # wakes this process's waiting duplicates
 
@@ -168,6 +188,8 @@ class ExactlyOnce:
         if isinstance(body, bytes):
             for m in _LINK_EXPIRES.finditer(body):
                 expires = min(expires, float(m.group(1)))
+            for m in _PRESIGNED.finditer(body):
+                expires = min(expires, presigned_expiry(m.group(1), m.group(2)))
         return expires
 
     async def _heartbeat(self, scope: str, token: str) -> None:

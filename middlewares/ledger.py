@@ -1,4 +1,5 @@
-"""The Idempotency-Key ledger: per-process memory, or Redis shared by every gateway."""
+"""The Idempotency-Key ledger: per-process memory, or Redis shared by every gateway; answers
+in the ledger itself, or in an object store (AnswerBlobs) beside the hosted images."""
 from __future__ import annotations
 
 import secrets
@@ -44,6 +45,20 @@ class Ledger(Protocol):
     async def close(self) -> None: ...
 
 
+class AnswerBlobs(Protocol):
+    """Where stored answers' bytes go when not in the ledger (an S3 bucket): the records
+    (fingerprints, leases) stay in the ledger, which writes an answer before marking it done."""
+
+    errors: tuple[type[Exception], ...]  # what a store that is down raises
+
+    async def put(self, name: str, data: bytes, ttl_s: float) -> None: ...
+    async def get(self, name: str) -> bytes | None: ...
+    async def delete(self, name: str) -> None: ...
+
+
+_answer = msgspec.msgpack.Decoder(StoredAnswer)
+
+
 def new_token() -> str:
     return secrets.token_hex(12)
 
@@ -53,16 +68,19 @@ class _Entry:
     fingerprint: str
     token: str
     lease_until: float
-    answer: StoredAnswer | None = None
+    answer: StoredAnswer | None = None  # with blobs: a stand-in without the body
+    blob: str = ""  # with blobs: the name the answer is stored under
 
 
 class MemoryLedger:
     """One process's ledger: duplicates that reach another worker are not seen here."""
 
     def __init__(self, lease_s: float, max_bytes: int,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, blobs: AnswerBlobs | None = None
+                 ) -> None:
         self.lease_s, self.max_bytes, self.clock = lease_s, max_bytes, clock
-        self.errors: tuple[type[Exception], ...] = ()
+        self.blobs = blobs  # then max_bytes caps each answer; none is held here
+        self.errors: tuple[type[Exception], ...] = blobs.errors if blobs else ()
         self.entries: OrderedDict[str, _Entry] = OrderedDict()  # done ones oldest first
         self.stored_bytes = 0
 
@@ -93,6 +111,13 @@ class MemoryLedger:
             return Claim("won", token)
         if entry.fingerprint != fingerprint:
             return Claim("mismatch")
+        if entry.answer is not None and entry.blob and self.blobs is not None:
+            blob = await self.blobs.get(entry.blob)
+            if blob is not None:
+                return Claim("done", answer=_answer.decode(blob))
+            if self.entries.get(scope) is entry:  # expired or removed from the store
+                self._drop(scope)
+            return await self.claim(scope, fingerprint)
         if entry.answer is not None:
             return Claim("done", answer=entry.answer)
         return Claim("held")
@@ -112,11 +137,31 @@ class MemoryLedger:
             del self.entries[scope]
             log.warning("idempotent_answer_not_stored", reason="larger than max_stored_bytes")
             return False
+        if self.blobs is not None:
+            return await self._finish_in_blobs(scope, entry, token, answer)
         entry.answer, entry.token = answer, ""
         self.entries.move_to_end(scope)
         self.stored_bytes += len(answer.body)
         while self.stored_bytes > self.max_bytes:  # the oldest answers make room
             self._drop(next(s for s, e in self.entries.items() if e.answer is not None))
+        return True
+
+    async def _finish_in_blobs(self, scope: str, entry: _Entry, token: str,
+                               answer: StoredAnswer) -> bool:
+        assert self.blobs is not None
+        name = f"{scope}:answer:{token}"
+        try:
+            await self.blobs.put(name, msgspec.msgpack.encode(answer),
+                                 max(1.0, answer.expires_at - self.clock()))
+        except self.blobs.errors:
+            await self.release(scope, token)  # a retry runs again at once, not after the lease
+            raise
+        if self.entries.get(scope) is not entry or entry.token != token:
+            await self.blobs.delete(name)  # the lease lapsed while the answer was written
+            return False
+        entry.answer, entry.token, entry.blob = StoredAnswer(
+            answer.status, [], b"", answer.expires_at), "", name
+        self.entries.move_to_end(scope)
         return True
 
     async def release(self, scope: str, token: str) -> None:
@@ -174,7 +219,6 @@ class _Record(msgspec.Struct):
 
 
 _record = msgspec.json.Decoder(_Record)
-_answer = msgspec.msgpack.Decoder(StoredAnswer)
 
 
 class RedisLedger:
@@ -182,11 +226,15 @@ class RedisLedger:
     its holder renews; a holder that died stops renewing and the next request runs again."""
 
     def __init__(self, url: str, lease_s: float, ttl_s: float, max_bytes: int,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, blobs: AnswerBlobs | None = None
+                 ) -> None:
         import redis.asyncio as redis  # only when state.backend is redis
 
         self.client: Any = redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
         self.errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+        self.blobs = blobs  # answers there, records here
+        if blobs is not None:
+            self.errors += blobs.errors
         self.lease_s, self.ttl_s, self.max_bytes, self.clock = lease_s, ttl_s, max_bytes, clock
         self._claim = self.client.register_script(_CLAIM)
         self._swap = self.client.register_script(_SWAP)
@@ -210,7 +258,7 @@ class RedisLedger:
                 return Claim("mismatch")
             if not record.done:
                 return Claim("held")
-            blob = await self.client.get(f"{key}:answer:{record.token}")
+            blob = await self._get_answer(f"{key}:answer:{record.token}")
             if blob is not None:
                 return Claim("done", answer=_answer.decode(blob))
             await self._drop_if(keys=[key], args=[found])  # its answer was evicted
@@ -240,11 +288,25 @@ class RedisLedger:
         record = _record.decode(found)
         record.done = True
         answer_key = f"{key}:answer:{token}"
-        await self.client.set(answer_key, msgspec.msgpack.encode(answer), px=px)
+        if self.blobs is not None:
+            try:
+                await self.blobs.put(answer_key, msgspec.msgpack.encode(answer), px / 1000)
+            except self.blobs.errors:
+                await self.release(scope, token)  # a retry runs again at once
+                raise
+        else:
+            await self.client.set(answer_key, msgspec.msgpack.encode(answer), px=px)
         if await self._swap(keys=[key], args=[token, msgspec.json.encode(record), px]):
             return True
-        await self.client.delete(answer_key)  # the lease had passed to another request
+        # the lease had passed to another request
+        await (self.blobs.delete(answer_key) if self.blobs else self.client.delete(answer_key))
         return False
+
+    async def _get_answer(self, name: str) -> bytes | None:
+        if self.blobs is not None:
+            return await self.blobs.get(name)
+        found: bytes | None = await self.client.get(name)
+        return found
 
     async def release(self, scope: str, token: str) -> None:
         await self._swap(keys=[PREFIX + scope], args=[token, "", 0])

@@ -15,8 +15,11 @@ _line_pattern: re.Pattern[bytes] | None = None  # the same secrets in a rendered
 
 
 def configured_secrets(config: Config) -> set[str]:
-    """Provider keys and headers (often credentials), client keys, the link-signing secret."""
+    """Provider keys and headers (often credentials), client keys, the link-signing secret,
+    the S3 secret key."""
     found = {config.storage.signing_secret}
+    if config.storage.s3 is not None:
+        found.add(config.storage.s3.secret_access_key)
     for provider in config.providers.values():
         found.add(getattr(provider, "api_key", ""))
         found.update(provider.headers.values())

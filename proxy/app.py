@@ -43,7 +43,8 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     register(configured_secrets(config))  # scrubbed from every error body and log line
     metrics = Metrics(registry, multiprocess=multiprocess)
     gateway = Gateway(config, metrics, router, store, rest_sync_s)
-    once = ExactlyOnce(config, metrics, clock=clock)
+    # stored answers beside the hosted images when those go to a bucket
+    once = ExactlyOnce(config, metrics, clock=clock, blobs=gateway.store.answer_blobs())
     # The order is fixed here and only here:
     # - context and metrics outermost, errors inside them: the access log and requests_total
     #   see every final status, errors included;

@@ -3,6 +3,7 @@ health and readiness are answered here."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import msgspec
 from aiohttp import web
@@ -54,7 +55,17 @@ async def hosted_file(request: web.Request) -> web.StreamResponse:
     headers = {"Content-Type": ctype, "Cache-Control": "private, max-age=300"}
     if isinstance(image, bytes):
         return web.Response(body=image, headers=headers)
-    return web.FileResponse(image, headers=headers)
+    if isinstance(image, Path):
+        return web.FileResponse(image, headers=headers)
+    async with image:  # from the bucket: relayed chunk by chunk, never held whole
+        response = web.StreamResponse(headers=headers)
+        response.content_length = image.length
+        await response.prepare(request)
+        if request.method != "HEAD":
+            async for chunk in image.chunks():  # a bucket failing now cuts the connection
+                await response.write(chunk)
+        await response.write_eof()
+    return response
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -1,5 +1,5 @@
 """Provider images made into what the client asked for: format (Pillow), then b64_json or a
-signed link to the gateway's store."""
+signed link to the gateway's store (or a presigned one to the bucket)."""
 from __future__ import annotations
 
 import asyncio
@@ -109,9 +109,8 @@ class Finisher:
         return Image(b64_json=base64.b64encode(data).decode(), revised_prompt=revised)
 
     async def host(self, data: bytes, mime: str, base_url: str) -> str:
-        """Stores an image and answers its signed, expiring link."""
-        name, query = await self.store.save(data, mime)
-        return f"{base_url}/v1/images/files/{name}?{query}"
+        """Stores an image and answers its signed (or presigned), expiring link."""
+        return await self.store.host(data, mime, base_url)
 
 
 def json_response(body: ImagesResponse, headers: dict[str, str]) -> web.Response:

@@ -116,6 +116,7 @@ class Gateway:
         """cleanup_ctx: one client session for the app's life, the storage sweeper task."""
         await self.upstream.start()
         await self.fetcher.start()
+        await self.store.start()
         tasks = [asyncio.create_task(self.store.sweep_forever())]
         if self.shared is not None:
             tasks.append(asyncio.create_task(self.shared.sync_forever()))

@@ -1,4 +1,4 @@
-"""Hosted images for response_format=url: signed, expiring links over files or Redis."""
+"""Hosted images for response_format=url: signed, expiring links over files, Redis or S3."""
 from __future__ import annotations
 
 import asyncio
@@ -10,11 +10,14 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from imagegate.config.errors import GatewayError
 from imagegate.config.schema import StorageConfig
+
+if TYPE_CHECKING:
+    from imagegate.proxy.s3 import S3AnswerBlobs, S3Objects, StoredObject
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpeg", "image/webp": "webp", "image/gif": "gif"}
 CONTENT_TYPES = {ext: mime for mime, ext in EXTENSIONS.items()}
@@ -84,6 +87,16 @@ def storage_down() -> GatewayError:
                         headers={"retry-after": "5"}, gateway_fault=True)
 
 
+def s3_down(exc: Exception, action: str) -> GatewayError:
+    """The reason logged is the exception's type and S3's error code: never its text, which
+    can carry the endpoint, the key or a signed URL."""
+    response = getattr(exc, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    log.error("storage_unreachable", backend="s3", action=action, error=type(exc).__name__,
+              code=str(code) if code else None)
+    return storage_down()
+
+
 class ImageStore:
     def __init__(self, config: StorageConfig, clock: Callable[[], float] = time.time,
                  redis_url: str | None = None) -> None:
@@ -92,7 +105,13 @@ class ImageStore:
         self.clock = clock
         self.files: FileBackend | None = None
         self.redis: RedisBackend | None = None
-        if config.backend == "redis":
+        self.s3: S3Objects | None = None
+        if config.backend == "s3":
+            from imagegate.proxy.s3 import S3Objects  # aiobotocore only when configured
+
+            assert config.s3 is not None  # the schema requires it with backend s3
+            self.s3 = S3Objects(config.s3, config.ttl_s, clock)
+        elif config.backend == "redis":
             self.redis = RedisBackend(redis_url or "redis://127.0.0.1:6379/0", config.ttl_s)
         else:
             self.files = FileBackend(config.path, config.ttl_s, clock)
@@ -104,7 +123,12 @@ class ImageStore:
     async def save(self, data: bytes, mime: str) -> tuple[str, str]:
         """Stores the image; returns (name, query string) of its signed link."""
         name = f"{secrets.token_urlsafe(18)}.{EXTENSIONS.get(mime, 'png')}"
-        if self.redis is not None:
+        if self.s3 is not None:
+            try:
+                await self.s3.put(self.s3.key(name), data, mime, self.ttl_s, "image")
+            except self.s3.errors as exc:
+                raise s3_down(exc, "put") from exc
+        elif self.redis is not None:
             await self.redis.put(name, data)
         else:
             assert self.files is not None
@@ -117,6 +141,24 @@ class ImageStore:
         expires = int(self.clock() + self.ttl_s)
         return name, f"expires={expires}&sig={self._sign(name, expires)}"
 
+    async def host(self, data: bytes, mime: str, base_url: str) -> str:
+        """Stores the image; answers its link: presigned to the bucket, or signed to us."""
+        name, query = await self.save(data, mime)
+        if self.s3 is not None and self.s3.presign:
+            try:
+                return await self.s3.presigned(self.s3.key(name))
+            except self.s3.errors as exc:  # no credentials from the chain, say
+                raise s3_down(exc, "presign") from exc
+        return f"{base_url}/v1/images/files/{name}?{query}"
+
+    def answer_blobs(self) -> S3AnswerBlobs | None:
+        """Where stored idempotent answers go when the images go to a bucket."""
+        if self.s3 is None:
+            return None
+        from imagegate.proxy.s3 import S3AnswerBlobs
+
+        return S3AnswerBlobs(self.s3)
+
     def verify(self, name: str, expires: str, sig: str) -> bool:
         # ASCII digits only: str.isdigit() takes '²' and int() then fails
         if not NAME.fullmatch(name) or not _DIGITS.fullmatch(expires) or not sig.isascii():
@@ -125,11 +167,22 @@ class ImageStore:
             return False
         return int(expires) >= self.clock()
 
-    async def open(self, name: str, expires: str, sig: str) -> tuple[Path | bytes, str] | None:
-        """The image (a path or bytes) and its type for a valid, unexpired link, else None."""
+    async def open(self, name: str, expires: str, sig: str
+                   ) -> tuple[Path | bytes | StoredObject, str] | None:
+        """The image (a path, bytes or a stream from the bucket) and its type for a valid,
+        unexpired link, else None."""
         if not self.verify(name, expires, sig):
             return None
         ctype = CONTENT_TYPES[name.rsplit(".", 1)[1]]
+        if self.s3 is not None:
+            try:
+                found = await self.s3.open(self.s3.key(name))
+            except self.s3.errors as exc:
+                raise s3_down(exc, "get") from exc
+            if found is None:
+                return None
+            found.on_error = lambda exc: s3_down(exc, "stream")
+            return found, ctype
         if self.redis is not None:
             data = await self.redis.get(name)
             return (data, ctype) if data is not None else None
@@ -137,9 +190,16 @@ class ImageStore:
         path = self.files.get(name)
         return (path, ctype) if path is not None else None
 
+    async def start(self) -> None:
+        if self.s3 is not None:  # the client at start-up, not on the first request
+            try:
+                await self.s3.client()
+            except self.s3.errors as exc:  # tried again on first use
+                s3_down(exc, "connect")
+
     async def sweep_forever(self) -> None:
         if self.files is None:
-            return  # Redis expires keys itself
+            return  # Redis expires keys itself; a bucket's lifecycle rule expires objects
         interval = max(1.0, min(self.ttl_s / 4, 300.0))
         while True:
             await asyncio.sleep(interval)
@@ -150,3 +210,5 @@ class ImageStore:
     async def close(self) -> None:
         if self.redis is not None:
             await self.redis.client.aclose()
+        if self.s3 is not None:
+            await self.s3.close()
