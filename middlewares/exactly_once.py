@@ -32,7 +32,7 @@ def scope_of(key_id: str, endpoint: str, key: str) -> str:
 def make_ledger(config: Config, clock: Callable[[], float]) -> Ledger:
     idem = config.idempotency
     if config.state.backend == "redis":
-        return RedisLedger(config.state.redis_url, idem.lease_s, idem.ttl_s, idem.max_stored_bytes,
+        return RedisLedger(config.state, idem.lease_s, idem.ttl_s, idem.max_stored_bytes,
                            clock)
     return MemoryLedger(idem.lease_s, idem.max_stored_bytes, clock)
 

@@ -1,0 +1,62 @@
+"""The one way to a Redis for shared state: one server, a Redis Cluster, or a Sentinel's primary."""
+from __future__ import annotations
+
+from typing import Any
+
+from imagegate.config.schema import StateConfig
+
+
+def connect(state: StateConfig, *, connect_timeout_s: float | None,
+            timeout_s: float | None) -> Any:
+    """A redis.asyncio client (Redis or RedisCluster); nothing connects before its first command.
+    redis is imported here only: a gateway without Redis never pays its start-up time and RSS."""
+    timeouts = {"socket_connect_timeout": connect_timeout_s, "socket_timeout": timeout_s}
+    if state.redis_cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        # MOVED/ASK are followed and the slot map refreshed; a node that is gone makes the
+        # client re-read the map from another node, up to its retries, then the error is ours
+        return RedisCluster.from_url(state.redis_url, **timeouts)
+    if state.redis_sentinel is not None:
+        return _sentinel_primary(state, timeouts)
+    import redis.asyncio as redis
+
+    return redis.from_url(state.redis_url, **timeouts)
+
+
+def errors() -> tuple[type[Exception], ...]:
+    """What an unreachable or failing-over Redis raises: connection and timeout errors,
+    CLUSTERDOWN, TRYAGAIN, MasterNotFoundError (all RedisError), the cluster client's own
+    RedisClusterException (a slot map it cannot read, a slot not covered) and OSError."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    return (RedisError, RedisClusterException, OSError)
+
+
+def _sentinel_primary(state: StateConfig, timeouts: dict[str, float | None]) -> Any:
+    import redis.asyncio as redis
+    from redis.asyncio.connection import SSLConnection, parse_url
+    from redis.asyncio.sentinel import Sentinel
+
+    assert state.redis_sentinel is not None
+    found = parse_url(state.redis_url)  # host and port are the sentinels' to say
+    primary: dict[str, Any] = {k: v for k, v in found.items() if k in ("db", "username",
+                                                                       "password")}
+    if found.get("connection_class") is SSLConnection:
+        primary["ssl"] = True
+    sentinels: dict[str, Any] = dict(timeouts)
+    if state.redis_sentinel.password:
+        sentinels["password"] = state.redis_sentinel.password
+    manager = Sentinel(state.redis_sentinel.addresses(), sentinel_kwargs=sentinels,  # type: ignore[no-untyped-call]
+                       **timeouts)
+
+    class SentinelPrimary(redis.Redis):
+        """Follows the primary the sentinels name (a write to a demoted one reconnects);
+        closing it closes the sentinel connections too."""
+
+        async def aclose(self, close_connection_pool: bool | None = None) -> None:
+            await super().aclose(close_connection_pool)
+            await manager.aclose()
+
+    return manager.master_for(state.redis_sentinel.service, redis_class=SentinelPrimary,
+                              **primary)
