@@ -13,10 +13,13 @@ def connect(state: StateConfig, *, connect_timeout_s: float | None,
     timeouts = {"socket_connect_timeout": connect_timeout_s, "socket_timeout": timeout_s}
     if state.redis_cluster:
         from redis.asyncio.cluster import RedisCluster
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         # MOVED/ASK are followed and the slot map refreshed; a node that is gone makes the
-        # client re-read the map from another node, up to its retries, then the error is ours
-        return RedisCluster.from_url(state.redis_url, **timeouts)
+        # client re-read the map from another node, twice (not redis-py's 10: with a hung
+        # node that is 10 timeouts in one admission), then state.on_redis_error applies
+        return RedisCluster.from_url(state.redis_url, retry=Retry(NoBackoff(), 2), **timeouts)
     if state.redis_sentinel is not None:
         return _sentinel_primary(state, timeouts)
     import redis.asyncio as redis
@@ -36,7 +39,9 @@ def errors() -> tuple[type[Exception], ...]:
 def _sentinel_primary(state: StateConfig, timeouts: dict[str, float | None]) -> Any:
     import redis.asyncio as redis
     from redis.asyncio.connection import SSLConnection, parse_url
+    from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import Sentinel
+    from redis.backoff import NoBackoff
 
     assert state.redis_sentinel is not None
     found = parse_url(state.redis_url)  # host and port are the sentinels' to say
@@ -44,7 +49,10 @@ def _sentinel_primary(state: StateConfig, timeouts: dict[str, float | None]) -> 
                                                                        "password")}
     if found.get("connection_class") is SSLConnection:
         primary["ssl"] = True
-    sentinels: dict[str, Any] = dict(timeouts)
+    # a sentinel that does not answer is passed over for the next at once (redis-py's default
+    # backs off for seconds); the primary gets one reconnect, to the one the sentinels name now
+    sentinels: dict[str, Any] = {**timeouts, "retry": Retry(NoBackoff(), 0)}
+    primary["retry"] = Retry(NoBackoff(), 1)
     if state.redis_sentinel.password:
         sentinels["password"] = state.redis_sentinel.password
     manager = Sentinel(state.redis_sentinel.addresses(), sentinel_kwargs=sentinels,  # type: ignore[no-untyped-call]

@@ -47,7 +47,7 @@ def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 20) -> Non
         try:
             if check():
                 return
-        except (redis.RedisError, OSError):
+        except (redis.RedisError, OSError, LookupError):
             pass
         time.sleep(0.05)
     raise RuntimeError(f"timed out waiting for {what}")
