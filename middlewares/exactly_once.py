@@ -52,6 +52,8 @@ class ExactlyOnce:
         self.changed: dict[str, asyncio.Event] = {}  # wakes this process's waiting duplicates
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        if isinstance(self.ledger, RedisLedger):
+            await self.ledger.warm()
         yield
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=self.grace_s)

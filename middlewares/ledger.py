@@ -249,5 +249,8 @@ class RedisLedger:
     async def release(self, scope: str, token: str) -> None:
         await self._swap(keys=[PREFIX + scope], args=[token, "", 0])
 
+    async def warm(self) -> None:
+        await redis_state.warm(self.client, _CLAIM, _SWAP, _DROP_IF)
+
     async def close(self) -> None:
         await self.client.aclose()

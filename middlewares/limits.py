@@ -428,7 +428,10 @@ class Limiter:
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """cleanup_ctx: renews held leases while the app runs; closes the Redis client."""
-        task = asyncio.create_task(self._renew_forever()) if self.redis is not None else None
+        task = None
+        if self.redis is not None:
+            await redis_state.warm(self.redis.client, ADMIT_LUA, FINISH_LUA)
+            task = asyncio.create_task(self._renew_forever())
         yield
         if task is not None:
             task.cancel()

@@ -33,6 +33,24 @@ def connect(state: StateConfig, *, connect_timeout_s: float | None,
     return redis.from_url(state.redis_url, **timeouts)
 
 
+async def warm(client: Any, *scripts: str) -> None:
+    """Before the first request: a cluster client reads the slot map now (redis-py 8.1 loses
+    connections, and may run a command twice, when a burst of commands arrives while it
+    first maps the cluster), and the scripts are loaded (on every primary of a cluster), so
+    a burst does not send one SCRIPT LOAD per command. Failures wait for the first request."""
+    try:
+        if state_is_cluster(client):
+            await client.initialize()
+        for script in scripts:
+            await client.script_load(script)
+    except errors():
+        pass
+
+
+def state_is_cluster(client: Any) -> bool:
+    return isinstance(client, _cluster_class())
+
+
 def errors() -> tuple[type[Exception], ...]:
     """What an unreachable or failing-over Redis raises: connection and timeout errors,
     CLUSTERDOWN, TRYAGAIN, MasterNotFoundError (all RedisError), the cluster client's own

@@ -117,6 +117,7 @@ class Gateway:
         await self.fetcher.start()
         tasks = [asyncio.create_task(self.store.sweep_forever())]
         if self.shared is not None:
+            await redis_state.warm(self.shared.client)
             tasks.append(asyncio.create_task(self.shared.sync_forever()))
         yield
         for task in tasks:

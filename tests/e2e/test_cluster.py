@@ -4,6 +4,7 @@ under races; every key of one API key sits on one hash slot."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections import Counter
@@ -238,3 +239,21 @@ async def test_every_key_of_one_key_id_sits_on_one_slot(shared: Any) -> None:
                                                                           key)))
     assert {"rpm", "ipm", "con", "budget", "idem"} <= set(slots)
     assert all(len(found) == 1 for found in slots.values()), slots
+
+
+async def test_a_burst_past_a_hundred_admissions_stays_on_the_cluster(shared: Any) -> None:
+    from imagegate.config.schema import StateConfig
+    from imagegate.middlewares.limits import Limiter, Plan, Window
+
+    cluster, _, _ = shared
+    limiter = Limiter(StateConfig(backend="redis", redis_url=cluster.url, redis_cluster=True))
+    plan = Plan([Window("requests_per_minute", "imagegate:use:{burst}:rpm", 1000, 1)], [], [])
+    running = limiter.lifecycle(web.Application())  # start-up: the slot map, the scripts
+    await running.__anext__()
+    try:  # redis-py's own cap (100 connections a node) would refuse the 101st in flight
+        decisions = await asyncio.gather(*(limiter.admit(plan) for _ in range(300)))
+    finally:
+        with contextlib.suppress(StopAsyncIteration):
+            await running.__anext__()
+    assert all(d.backend is limiter.redis for d in decisions)
+    assert sorted(d.used[0] for d in decisions) == list(range(1, 301))  # each counted once
