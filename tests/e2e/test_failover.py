@@ -60,7 +60,8 @@ async def test_a_cluster_primary_killed_is_replaced_and_the_gateways_keep_servin
         promoted = cluster.owner(KEY)
         assert admin(promoted).zcard(KEY) >= 2  # what the old primary had, replicated
         await written_to(promoted, [open_gw, closed_gw])
-        assert (await open_gw.get("/readyz")).status == 200
+        ready = await open_gw.get("/readyz")  # its PING reaches the promoted map
+        assert ready.status == 200 and (await ready.json())["status"] == "ready"
 
 
 async def test_the_gateway_follows_a_sentinel_failover(gateway: Any, tmp_path: Any) -> None:
