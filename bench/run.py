@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ TARGETS = {
     "added_p50_ms": 0.3,  # at one connection
     "memory_added_ms": 0.1,  # gateway CPU that limits in memory add per request
     "redis_over_memory_ms": 0.3,  # limits in Redis over limits in memory (issue 10's bound)
+    "cluster_cpu_ratio": 1.25,  # gateway CPU per request, limits on a cluster over one Redis
+    "cluster_extra_evalsha": 0.01,  # script calls per request a cluster adds (redirects too)
 }
 
 
@@ -217,10 +220,14 @@ BENCH_LIMITS = ("limits: {requests_per_minute: 100000000, images_per_minute: 100
 
 def write_config(tmp: Path, upstream_port: int, limits: str = "off",
                  redis_url: str | None = None) -> Path:
-    """`limits`: off (the key has none), memory, or redis (state.backend at `redis_url`)."""
+    """`limits`: off (the key has none), memory, redis (state.backend at `redis_url`) or
+    cluster (`redis_url` is a node of a Redis Cluster)."""
     path = tmp / f"imagegate-{limits}.yaml"
     key = f"{{id: bench, key: {BENCH_KEY}" + (f", {BENCH_LIMITS}}}" if limits != "off" else "}")
-    state = f"state: {{backend: redis, redis_url: '{redis_url}'}}\n" if limits == "redis" else ""
+    state = ""
+    if limits in ("redis", "cluster"):
+        cluster = ", redis_cluster: true" if limits == "cluster" else ""
+        state = f"state: {{backend: redis, redis_url: '{redis_url}'{cluster}}}\n"
     path.write_text(
         "server: {host: 127.0.0.1, port: 0, graceful_shutdown_s: 2}\n"
         f"storage: {{path: '{tmp / 'images'}'}}\n"  # keeps the repo free of ./data
@@ -236,14 +243,18 @@ def write_config(tmp: Path, upstream_port: int, limits: str = "off",
     return path
 
 
-def start_redis(tmp: Path, procs: list[subprocess.Popen[Any]]) -> tuple[str, int]:
-    """A redis-server on a free loopback port for `--limits redis`: (its URL, its pid)."""
+Redis = tuple[str, tuple[int, ...], tuple[int, ...]]  # a URL, the servers' pids, their ports
+
+
+def start_redis(tmp: Path, procs: list[subprocess.Popen[Any]], port: int | None = None,
+                *extra: str) -> Redis:
+    """A redis-server on a free loopback port for `--limits redis`."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("--limits redis needs redis-server (apt-get install redis-server)")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp)],
+                             "--appendonly", "no", "--dir", str(tmp), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             preexec_fn=die_with_parent)  # noqa: PLW1509
     procs.append(proc)
@@ -251,10 +262,54 @@ def start_redis(tmp: Path, procs: list[subprocess.Popen[Any]]) -> tuple[str, int
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return f"redis://127.0.0.1:{port}/0", proc.pid
+                return f"redis://127.0.0.1:{port}/0", (proc.pid,), (port,)
         except OSError:
             time.sleep(0.02)
     raise RuntimeError("redis-server did not start")
+
+
+def start_redis_cluster(tmp: Path, procs: list[subprocess.Popen[Any]]) -> Redis:
+    """A 3-primary Redis Cluster for `--limits cluster` (ports below 55536: each node's bus
+    listens 10000 above it)."""
+    pids: list[int] = []
+    ports: list[int] = []
+    while len(ports) < 3:
+        port = free_port()
+        if port < 55536 and port not in ports:
+            node = tmp / f"node-{port}"
+            node.mkdir()
+            _, pid, _ = start_redis(node, procs, port, "--cluster-enabled", "yes",
+                                    "--cluster-config-file", f"nodes-{port}.conf")
+            pids += pid
+            ports.append(port)
+    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                    "--cluster-yes"], check=True, capture_output=True, timeout=30)
+    deadline = time.monotonic() + 20
+    while not all(b"cluster_state:ok" in redis_cli(p, "CLUSTER", "INFO") for p in ports):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+        time.sleep(0.05)
+    return f"redis://127.0.0.1:{ports[0]}/0", tuple(pids), tuple(ports)
+
+
+def redis_cli(port: int, *command: str) -> bytes:
+    return subprocess.run(["redis-cli", "-p", str(port), *command], capture_output=True,
+                          check=True, timeout=10).stdout
+
+
+def redis_calls(ports: tuple[int, ...]) -> dict[str, int]:
+    """Commands run so far on these servers, by name (INFO commandstats: the commands scripts
+    run count too; refused ones, such as a MOVED redirect, are added in), INFO left out."""
+    calls: dict[str, int] = {}
+    for port in ports:
+        for line in redis_cli(port, "INFO", "commandstats").decode().splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, stats = line.partition(":")
+                fields = dict(f.split("=") for f in stats.split(","))
+                count = int(fields["calls"]) + int(fields.get("rejected_calls", 0))
+                calls[name[8:]] = calls.get(name[8:], 0) + count
+    calls.pop("info", None)
+    return calls
 
 
 def healthy(port: int) -> bool:
@@ -349,20 +404,26 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def measure_load(base: str, pid: int, concurrency: int, seconds: float,
-                       side_pid: int | None = None) -> dict[str, Any]:
-    """`side_pid`: a helper process (redis-server) whose CPU is reported on its own."""
+                       side_pids: tuple[int, ...] = (), redis_ports: tuple[int, ...] = ()
+                       ) -> dict[str, Any]:
+    """`side_pids`: helper processes (redis-servers) whose CPU is reported on its own;
+    `redis_ports`: their commands are counted per request."""
     url = base + "/v1/images/generations"
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout,
                                      headers=AUTH) as session:
         warm = await drive(session, url, concurrency, count=200)
-        side_before = tree_cpu_ms(side_pid) if side_pid else 0.0
+        side_before = sum(tree_cpu_ms(p) for p in side_pids)
+        calls_before = redis_calls(redis_ports) if redis_ports else {}
         cpu_before, started = tree_cpu_ms(pid), time.perf_counter()
         tally = await drive(session, url, concurrency, seconds=seconds)
         elapsed, cpu_ms = time.perf_counter() - started, tree_cpu_ms(pid) - cpu_before
-        side_ms = tree_cpu_ms(side_pid) - side_before if side_pid else None
+        side_ms = sum(tree_cpu_ms(p) for p in side_pids) - side_before if side_pids else None
+        calls = redis_calls(redis_ports) if redis_ports else {}
     done = len(tally.latencies)
+    per_request = {name: round((n - calls_before.get(name, 0)) / done, 3)
+                   for name, n in calls.items() if done and n > calls_before.get(name, 0)}
     lat = sorted(tally.latencies)
     return {
         "concurrency": concurrency, "seconds": round(elapsed, 2), "requests": done,
@@ -376,7 +437,125 @@ async def measure_load(base: str, pid: int, concurrency: int, seconds: float,
         "rss_after_load_mb": round(status_kb(pid) / 1024, 1),
         "side_cpu_ms_per_request": round(side_ms / done, 3) if side_ms is not None and done
         else None,
+        "redis_calls_per_request": per_request if redis_ports else None,
     }
+
+
+# --- Redis operations per request, feature by feature (MONITOR, sequential requests) --------
+
+OPS_KEYS = {  # key id -> what it has
+    "none": "", "rpm": ", limits: {requests_per_minute: 100000000}",
+    "concurrency": ", limits: {concurrent_requests: 100000}",
+    "usd": ", budget: {usd_per_day: 100000000}", "all": ", " + BENCH_LIMITS,
+}
+# (label, key id, body, Idempotency-Key prefix or None, fetch the hosted link)
+OPS_CASES: list[tuple[str, str, dict[str, Any], str | None, bool]] = [
+    ("no limits", "none", {"model": MODEL}, None, False),
+    ("requests_per_minute", "rpm", {"model": MODEL}, None, False),
+    ("concurrent_requests", "concurrency", {"model": MODEL}, None, False),
+    ("usd_per_day (token-priced)", "usd", {"model": MODEL}, None, False),
+    ("every limit and budget", "all", {"model": MODEL}, None, False),
+    ("Idempotency-Key, first", "none", {"model": MODEL}, "ops", False),
+    ("Idempotency-Key, replayed", "none", {"model": MODEL}, "ops", False),
+    ("url answer, storage redis", "none", {"model": "local", "size": "64x64",
+                                            "response_format": "url"}, None, False),
+    ("  and its link fetched", "none", {"model": "local", "size": "64x64",
+                                        "response_format": "url"}, None, True),
+]
+
+
+def ops_config(tmp: Path, upstream_port: int, url: str, cluster: bool) -> Path:
+    path = tmp / f"imagegate-ops-{'cluster' if cluster else 'redis'}.yaml"
+    keys = ", ".join(f"{{id: {kid}, key: ig-ops-{kid}{extra}}}" for kid, extra in OPS_KEYS.items())
+    path.write_text(
+        "server: {host: 127.0.0.1, port: 0, graceful_shutdown_s: 2}\n"
+        f"state: {{backend: redis, redis_url: '{url}', redis_cluster: {str(cluster).lower()}}}\n"
+        "storage: {backend: redis, signing_secret: bench}\n"
+        "providers:\n"
+        f"  openai: {{type: openai, base_url: 'http://127.0.0.1:{upstream_port}',"
+        " api_key: sk-bench}\n  local: {type: local}\n"
+        f"models:\n  {MODEL}: {{routes: [{{provider: openai, price: {{tokens: "
+        "{input_text: 5, input_image: 10, output: 40}}}]}\n"
+        "  local: {routes: [{provider: local}]}\n"
+        f"auth: {{keys: [{keys}]}}\n")
+    return path
+
+
+class Monitor:
+    """`redis-cli monitor` on every node: who sent each command (a client, or a script)."""
+
+    def __init__(self, ports: tuple[int, ...], path: Path) -> None:
+        self.path, self.out = path, path.open("wb")
+        self.procs = [subprocess.Popen(["redis-cli", "-p", str(p), "monitor"], stdout=self.out,
+                                       stderr=subprocess.DEVNULL) for p in ports]
+        time.sleep(0.3)
+
+    def stop(self) -> tuple[Counter[str], Counter[str]]:
+        time.sleep(0.3)
+        for proc in self.procs:
+            stop(proc)
+        self.out.close()
+        sent: Counter[str] = Counter()
+        scripted: Counter[str] = Counter()
+        for line in self.path.read_text(errors="replace").splitlines():
+            head, _, rest = line.partition("] ")
+            if not rest.startswith('"'):
+                continue
+            name = rest.split('"')[1].upper()
+            (scripted if head.endswith(" lua") else sent)[name] += 1
+        return sent, scripted
+
+
+async def ops_requests(base: str, key: str, body: dict[str, Any], idem: str | None,
+                       fetch: bool, count: int) -> None:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer ig-ops-{key}"}) as s:
+        for i in range(count):
+            headers = {"Idempotency-Key": f"{idem}-{i}"} if idem else {}
+            async with s.post(f"{base}/v1/images/generations", json={"prompt": "ops", **body},
+                              headers=headers) as resp:
+                answer = await resp.json()
+                if resp.status != 200:
+                    raise RuntimeError(f"redis-ops: HTTP {resp.status}: {answer}")
+            if fetch:
+                async with s.get(answer["data"][0]["url"]) as image:
+                    await image.read()
+
+
+def measure_redis_ops(tmp: Path, upstream_port: int, mode: str,
+                      procs: list[subprocess.Popen[Any]], count: int = 20) -> dict[str, Any]:
+    """Redis commands one request costs with each feature on: those the gateway sends (a
+    script call is one) and those its scripts run, from MONITOR over `count` requests in turn
+    (one at a time: no batching). The rest poll (PTTL per route pair each second) is apart."""
+    url, _, ports = start_redis_cluster(tmp, procs) if mode == "cluster" \
+        else start_redis(tmp, procs)
+    config = ops_config(tmp, upstream_port, url, mode == "cluster")
+    port = free_port()
+    note(f"redis-ops on {mode}: a gateway on :{port}, {count} requests per case")
+    start_gateway(config, port, tmp / f"gateway-ops-{mode}.log", procs)
+    base, figures, polls, watched = f"http://127.0.0.1:{port}", {}, 0, 0.0
+    for n, (label, key, body, idem, fetch) in enumerate(OPS_CASES):
+        started = time.monotonic()  # before MONITOR connects: it counts from then
+        monitor = Monitor(ports, tmp / f"monitor-{mode}-{n}.txt")
+        asyncio.run(ops_requests(base, key, body, idem, fetch, count))
+        sent, scripted = monitor.stop()
+        polls += sent.pop("PTTL", 0)
+        watched += time.monotonic() - started
+        figures[label] = {"sent": {k: round(v / count, 2) for k, v in sorted(sent.items())},
+                          "scripted": round(sum(scripted.values()) / count, 2)}
+    return {"cases": figures, "rest_polls_per_s": round(polls / watched, 2)}
+
+
+def print_ops(results: dict[str, Any], out: Any) -> None:
+    for mode, found in results.get("redis_ops", {}).items():
+        cases = found["cases"]
+        print(f"\nRedis commands per request on {mode} (sent by the gateway; run by its "
+              "scripts)", file=out)
+        for label, f in cases.items():
+            sent = " ".join(f"{k}={v:g}" for k, v in f["sent"].items()) or "-"
+            print(f"  {label:<30} sent {sum(f['sent'].values()):>5g}: {sent:<40} "
+                  f"in scripts {f['scripted']:g}", file=out)
+        print(f"  rest poll: {found['rest_polls_per_s']:g} PTTL per second (2 route pairs here: "
+              "one each per second)", file=out)
 
 
 # --- memory: one large multipart edit -------------------------------------------------------
@@ -513,6 +692,26 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, Any, str]]:
                 rows.append((at + "redis-server CPU ms / req", load["side_cpu_ms_per_request"],
                              ""))
             rows.append((at + "latency p50 (ms)", load["p50_ms"], ""))
+            rows.append((at + "requests/s", load["requests_per_s"], ""))
+            calls = load.get("redis_calls_per_request")
+            if calls is not None:  # a script call is one round trip (or less: pipelined)
+                rows += [(at + "Redis EVALSHA / req", calls.get("evalsha", 0.0), ""),
+                         (at + "Redis commands run / req", round(sum(calls.values()), 3), "")]
+            single = r["limits"].get("redis", {}).get(c, {})
+            if mode == "cluster" and single.get("cpu_ms_per_request") and \
+                    load["cpu_ms_per_request"]:
+                rows += [(at + "CPU ratio cluster / one Redis",
+                          round(load["cpu_ms_per_request"] / single["cpu_ms_per_request"], 2),
+                          "cluster_cpu_ratio"),
+                         (at + "requests/s ratio cluster / one Redis",
+                          round(load["requests_per_s"] / single["requests_per_s"], 2), "")]
+                one = single.get("redis_calls_per_request")
+                if calls is not None and one is not None:
+                    rows += [(at + "EVALSHA / req added by the cluster",
+                              round(calls.get("evalsha", 0.0) - one.get("evalsha", 0.0), 3),
+                              "cluster_extra_evalsha"),
+                             (at + "commands run / req added by the cluster",
+                              round(sum(calls.values()) - sum(one.values()), 3), "")]
     for kind, label in (("streamed", "fields first"), ("spooled", "model after file")):
         e = edits.get(kind)
         if e:
@@ -554,9 +753,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--baseline", action="store_true",
                    help="also load a bare aiohttp forwarder and report the chain's overhead")
     p.add_argument("--limits", type=_modes, default=[],
-                   help="also load gateways whose key has limits and a budget: memory, redis "
-                        "or memory,redis (redis starts a redis-server); reports the CPU each "
-                        "adds over the gateway without limits")
+                   help="also load gateways whose key has limits and a budget: memory, redis, "
+                        "cluster or several (memory,redis,cluster; redis starts a redis-server, "
+                        "cluster a 3-node Redis Cluster); reports the CPU each adds over the "
+                        "gateway without limits and the Redis commands per request")
+    p.add_argument("--redis-ops", type=_ops_modes, default=[],
+                   help="count the Redis commands one request costs with each feature on "
+                        "(limits, budget, idempotency, url storage): redis, cluster or both")
     p.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bare-proxy", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -565,8 +768,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _modes(text: str) -> list[str]:
     modes = [v.strip() for v in text.split(",") if v.strip()]
     for mode in modes:
-        if mode not in ("memory", "redis"):
-            raise argparse.ArgumentTypeError(f"unknown limits mode {mode!r} (memory, redis)")
+        if mode not in ("memory", "redis", "cluster"):
+            raise argparse.ArgumentTypeError(f"unknown limits mode {mode!r} (memory, redis, "
+                                             "cluster)")
+    return modes
+
+
+def _ops_modes(text: str) -> list[str]:
+    modes = [v.strip() for v in text.split(",") if v.strip()]
+    for mode in modes:
+        if mode not in ("redis", "cluster"):
+            raise argparse.ArgumentTypeError(f"unknown redis-ops mode {mode!r} (redis, cluster)")
     return modes
 
 
@@ -593,7 +805,7 @@ def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return min(runs, key=lambda r: r["cpu_ms_per_request"] or float("inf"))
 
 
-Target = tuple[str, int, int | None]  # base URL, pid, a helper's pid (redis-server)
+Target = tuple[str, int, tuple[int, ...], tuple[int, ...]]  # URL, pid, Redis pids and ports
 
 
 def run_loads(args: argparse.Namespace, targets: dict[str, Target],
@@ -604,11 +816,11 @@ def run_loads(args: argparse.Namespace, targets: dict[str, Target],
         name: {c: [] for c in args.concurrency} for name in targets}
     for round_no in range(1, args.rounds + 1):
         for c in args.concurrency:
-            for name, (base, pid, side) in targets.items():
+            for name, (base, pid, sides, ports) in targets.items():
                 note(f"round {round_no}/{args.rounds}: {name}, 200 warm-up requests, then "
                      f"{args.seconds:g} s at concurrency {c}")
                 runs[name][c].append(asyncio.run(measure_load(base, pid, c, args.seconds,
-                                                              side)))
+                                                              sides, ports)))
     for name, levels in runs.items():
         figures = {c: best(rounds) for c, rounds in levels.items()}
         if name.endswith(" limits"):
@@ -630,14 +842,17 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[Any]])
                             gateway.pid, results))
         if not args.skip_load:
             targets: dict[str, Target] = {
-                "gateway": (f"http://127.0.0.1:{port}", gateway.pid, None)}
+                "gateway": (f"http://127.0.0.1:{port}", gateway.pid, (), ())}
             if args.baseline:
                 bare_port = start_upstream(procs, f"http://127.0.0.1:{upstream_port}")
                 targets["bare forwarder"] = (f"http://127.0.0.1:{bare_port}", procs[-1].pid,
-                                             None)
+                                             (), ())
             for mode in args.limits:
                 targets[f"{mode} limits"] = limited_gateway(tmp, upstream_port, mode, procs)
             run_loads(args, targets, results)
+        for mode in args.redis_ops:
+            results.setdefault("redis_ops", {})[mode] = measure_redis_ops(
+                tmp, upstream_port, mode, procs)
     finally:
         if gateway.poll() is not None:
             note(f"the gateway exited ({gateway.returncode}); its log:\n{tail(log)}")
@@ -646,13 +861,18 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[Any]])
 
 def limited_gateway(tmp: Path, upstream_port: int, mode: str,
                     procs: list[subprocess.Popen[Any]]) -> Target:
-    """Another gateway whose key has limits and a budget, kept in memory or in Redis."""
-    url, redis_pid = start_redis(tmp, procs) if mode == "redis" else (None, None)
+    """Another gateway whose key has limits and a budget, kept in memory, in one Redis or in
+    a Redis Cluster."""
+    url, pids, ports = None, (), ()
+    if mode == "redis":
+        url, pids, ports = start_redis(tmp, procs)
+    elif mode == "cluster":
+        url, pids, ports = start_redis_cluster(tmp, procs)
     config = write_config(tmp, upstream_port, mode, url)
     port = free_port()
     note(f"gateway with {mode} limits on :{port}")
     proc, _ = start_gateway(config, port, tmp / f"gateway-{mode}.log", procs)
-    return f"http://127.0.0.1:{port}", proc.pid, redis_pid
+    return f"http://127.0.0.1:{port}", proc.pid, pids, ports
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -682,6 +902,7 @@ def main(argv: list[str] | None = None) -> int:
         for proc in reversed(procs):
             stop(proc)
     print_table(results, sys.stderr if args.json else sys.stdout)
+    print_ops(results, sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps({"targets": TARGETS, **results}, indent=2))
     return 0

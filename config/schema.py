@@ -73,10 +73,41 @@ class AuthConfig(Strict, frozen=True):
     default_limits: Limits | None = None  # keys without limits; all callers of an open gateway
 
 
+class RedisSentinel(Strict, frozen=True):
+    """A Sentinel-managed primary: the sentinels to ask, the name they know it by."""
+
+    service: Annotated[str, Meta(min_length=1)]
+    nodes: Annotated[list[str], Meta(min_length=1)]  # "host:port" of each sentinel
+    password: str | None = None  # the sentinels' own (the primary's comes from redis_url)
+
+    def __post_init__(self) -> None:
+        for i, node in enumerate(self.nodes):
+            host, _, port = node.rpartition(":")
+            if not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
+                raise ValueError(f"nodes[{i}]: expected \"host:port\", got {node!r}")
+
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(h.strip("[]"), int(p)) for h, _, p in (n.rpartition(":") for n in self.nodes)]
+
+    def __repr__(self) -> str:
+        return f"RedisSentinel(service={self.service!r}, nodes={self.nodes!r}, password=***)"
+
+
 class StateConfig(Strict, frozen=True):
     backend: Literal["memory", "redis"] = "memory"
+    # a single server; with redis_cluster any one node; with redis_sentinel: db and password only
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # a Redis Cluster (each key id's state sits on one hash slot)
+    redis_sentinel: RedisSentinel | None = None
     on_redis_error: Literal["open", "closed"] = "open"  # open: per-process limits; closed: 503
+
+    def __post_init__(self) -> None:
+        if self.redis_cluster and self.redis_sentinel is not None:
+            raise ValueError("redis_cluster and redis_sentinel exclude each other (a Redis "
+                             "Cluster fails over by itself)")
+        if self.redis_cluster and self.redis_url.partition("://")[2].partition("/")[2] \
+                not in ("", "0"):
+            raise ValueError("a Redis Cluster has only database 0: end redis_url with /0")
 
 
 PRESIGN_MAX_S = 604800  # SigV4: a presigned link lives at most seven days

@@ -43,7 +43,7 @@ def make_ledger(config: Config, clock: Callable[[], float],
                 blobs: AnswerBlobs | None = None) -> Ledger:
     idem = config.idempotency
     if config.state.backend == "redis":
-        return RedisLedger(config.state.redis_url, idem.lease_s, idem.ttl_s, idem.max_stored_bytes,
+        return RedisLedger(config.state, idem.lease_s, idem.ttl_s, idem.max_stored_bytes,
                            clock, blobs)
     return MemoryLedger(idem.lease_s, idem.max_stored_bytes, clock, blobs)
 
@@ -72,6 +72,8 @@ class ExactlyOnce:
         self.changed: dict[str, asyncio.Event] = {}  # wakes this process's waiting duplicates
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        if isinstance(self.ledger, RedisLedger):
+            await self.ledger.warm()
         yield
         if self.tasks:
             await asyncio.wait(self.tasks, timeout=self.grace_s)

@@ -11,6 +11,8 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 import structlog
+from imagegate.config.schema import StateConfig
+from imagegate.middlewares import redis_state
 
 PREFIX = "imagegate:idem:"
 log = structlog.get_logger("imagegate.idempotency")
@@ -225,13 +227,11 @@ class RedisLedger:
     """Shared by every worker and machine on the Redis: the in-flight marker is a lease that
     its holder renews; a holder that died stops renewing and the next request runs again."""
 
-    def __init__(self, url: str, lease_s: float, ttl_s: float, max_bytes: int,
+    def __init__(self, state: StateConfig, lease_s: float, ttl_s: float, max_bytes: int,
                  clock: Callable[[], float] = time.time, blobs: AnswerBlobs | None = None
                  ) -> None:
-        import redis.asyncio as redis  # only when state.backend is redis
-
-        self.client: Any = redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-        self.errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+        self.client: Any = redis_state.connect(state, connect_timeout_s=2, timeout_s=5)
+        self.errors = redis_state.errors()
         self.blobs = blobs  # answers there, records here
         if blobs is not None:
             self.errors += blobs.errors
@@ -310,6 +310,9 @@ class RedisLedger:
 
     async def release(self, scope: str, token: str) -> None:
         await self._swap(keys=[PREFIX + scope], args=[token, "", 0])
+
+    async def warm(self) -> None:
+        await redis_state.warm(self.client, _CLAIM, _SWAP, _DROP_IF)
 
     async def close(self) -> None:
         await self.client.aclose()

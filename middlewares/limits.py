@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 from imagegate.config.errors import GatewayError
 from imagegate.config.schema import StateConfig
+from imagegate.middlewares import redis_state
 
 WINDOW_S = 60.0
 LEASE_TTL_S = 60.0  # a slot held by a process that died frees itself this long after
@@ -277,11 +278,12 @@ return 0
 class RedisBackend:
     """Shared by every worker and machine on one Redis; slots are leases renewed while held."""
 
-    def __init__(self, url: str, lease_ttl_s: float = LEASE_TTL_S) -> None:
-        import redis.asyncio as redis
+    def __init__(self, state: StateConfig, lease_ttl_s: float = LEASE_TTL_S) -> None:
+        from redis.exceptions import NoScriptError
 
-        self.client: Any = redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
-        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self.client: Any = redis_state.connect(state, connect_timeout_s=1, timeout_s=1)
+        self.errors = redis_state.errors()
+        self.no_script = NoScriptError
         self.script = self.client.register_script(ADMIT_LUA)
         self.settle = self.client.register_script(FINISH_LUA)
         self.lease_ttl_s = lease_ttl_s
@@ -347,10 +349,19 @@ class RedisBackend:
             keys, args = batch[0][0]
             await self.settle(keys=keys, args=[",".join(map(str, args))])
             return
+        # EVALSHA queued by hand: a cluster pipeline refuses scripts, and this spares the
+        # SCRIPT EXISTS round trip a plain pipeline sends first. A cluster pipeline splits
+        # the batch by node and sends the parts side by side.
         pipe = self.client.pipeline(transaction=False)
         for (keys, args), _ in batch:
-            await self.settle(keys=keys, args=[",".join(map(str, args))], client=pipe)  # queued
-        await pipe.execute()
+            pipe.execute_command("EVALSHA", self.settle.sha, len(keys), *keys,
+                                 ",".join(map(str, args)))
+        results = await pipe.execute(raise_on_error=False)
+        for ((keys, args), _), result in zip(batch, results, strict=True):
+            if isinstance(result, self.no_script):  # a node without it (a promoted replica)
+                await self.settle(keys=keys, args=[",".join(map(str, args))])  # loads, runs
+            elif isinstance(result, Exception):
+                raise result
 
     async def renew(self, now: float) -> None:
         """Pushes back the expiry of every lease this process holds (ZADD XX: never revives
@@ -379,8 +390,7 @@ class Limiter:
                  lease_ttl_s: float = LEASE_TTL_S) -> None:
         self.clock, self.mode = clock, state.on_redis_error
         self.memory = MemoryBackend()
-        self.redis = RedisBackend(state.redis_url, lease_ttl_s) if state.backend == "redis" \
-            else None
+        self.redis = RedisBackend(state, lease_ttl_s) if state.backend == "redis" else None
         self.down_until = self.warned_at = -1e18
         self.retry_s = REDIS_RETRY_S
 
@@ -418,7 +428,10 @@ class Limiter:
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """cleanup_ctx: renews held leases while the app runs; closes the Redis client."""
-        task = asyncio.create_task(self._renew_forever()) if self.redis is not None else None
+        task = None
+        if self.redis is not None:
+            await redis_state.warm(self.redis.client, ADMIT_LUA, FINISH_LUA)
+            task = asyncio.create_task(self._renew_forever())
         yield
         if task is not None:
             task.cancel()

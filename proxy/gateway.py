@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from imagegate.config.api import Usage
 from imagegate.config.schema import Config
+from imagegate.middlewares import redis_state
 from imagegate.middlewares.metrics import Metrics
 from imagegate.middlewares.parse import ModelTable
 from imagegate.proxy.fetch import Fetcher
@@ -58,13 +59,13 @@ class Gateway:
             return
         self.router = router or Router(config, metrics)
         self.upstream = Upstream(config, metrics)
-        self.store = store or ImageStore(config.storage, redis_url=config.state.redis_url)
+        self.store = store or ImageStore(config.storage, state=config.state)
         self.fetcher = Fetcher(config.fetch)
         self.finisher = Finisher(self.store, self.fetcher)
         self.probe = ReadinessProbe()
         self.shared = None
         if config.state.backend == "redis":
-            self.shared = SharedRests(config.state.redis_url, self.router, rest_sync_s)
+            self.shared = SharedRests(config.state, self.router, rest_sync_s)
 
     def successor(self, config: Config) -> Gateway:
         """The Gateway of a reloaded config. It shares the long-lived parts: the upstream
@@ -102,12 +103,10 @@ class Gateway:
         if not uses:
             return True, []
         try:
-            import redis.asyncio as redis
-
             if self.probe.client is None:
-                self.probe.client = redis.from_url(self.config.state.redis_url,
-                                                   socket_connect_timeout=1, socket_timeout=1)
-            await self.probe.client.ping()
+                self.probe.client = redis_state.connect(self.config.state, connect_timeout_s=1,
+                                                        timeout_s=1)
+            await self.probe.client.ping()  # on a cluster: every primary answers
         except Exception:  # any failure means "unreachable"; the reason names no secret
             return self.config.state.on_redis_error == "open", [f"redis ({', '.join(uses)})"]
         return True, []
@@ -119,6 +118,7 @@ class Gateway:
         await self.store.start()
         tasks = [asyncio.create_task(self.store.sweep_forever())]
         if self.shared is not None:
+            await redis_state.warm(self.shared.client)
             tasks.append(asyncio.create_task(self.shared.sync_forever()))
         yield
         for task in tasks:

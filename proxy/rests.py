@@ -6,6 +6,8 @@ import asyncio
 from typing import Any
 
 import structlog
+from imagegate.config.schema import StateConfig
+from imagegate.middlewares import redis_state
 from imagegate.proxy.routing import Health, Router, RouteState
 
 PREFIX = "imagegate:rest:"
@@ -15,11 +17,9 @@ log = structlog.get_logger("imagegate.shared")
 class SharedRests:
     """Publishes a pair's rest as a key that expires with it; polls the others' rests."""
 
-    def __init__(self, redis_url: str, router: Router, sync_s: float = 1.0) -> None:
-        import redis.asyncio as redis  # only when state.backend is redis
-
-        self.client: Any = redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
-        self.errors: type[Exception] = redis.RedisError
+    def __init__(self, state: StateConfig, router: Router, sync_s: float = 1.0) -> None:
+        self.client: Any = redis_state.connect(state, connect_timeout_s=1, timeout_s=1)
+        self.errors = redis_state.errors()
         self.router, self.sync_s = router, sync_s
         self.health = router.all_health()
 
@@ -29,17 +29,17 @@ class SharedRests:
 
     async def publish(self, state: RouteState | Health, seconds: float) -> None:
         try:
-            await self.client.set(PREFIX + state.key, "1", px=max(1, int(seconds * 1000)))
-        except (self.errors, OSError):
+            await self.client.set(rest_key(state.key), "1", px=max(1, int(seconds * 1000)))
+        except self.errors:
             log.warning("shared_state_unreachable", action="publish")  # local rest still holds
 
     async def sync_once(self) -> None:
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for health in self.health:
-                pipe.pttl(PREFIX + health.key)
+            pipe = self.client.pipeline(transaction=False)  # on a cluster: one per node, side
+            for health in self.health:                        # by side
+                pipe.pttl(rest_key(health.key))
             ttls = await pipe.execute()
-        except (self.errors, OSError):
+        except self.errors:
             log.warning("shared_state_unreachable", action="sync")
             return
         for health, ttl in zip(self.health, ttls, strict=True):
@@ -53,3 +53,8 @@ class SharedRests:
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def rest_key(route_key: str) -> str:
+    """A pair's rest; the tag hashes the whole pair (braces in a model name end no tag early)."""
+    return f"{PREFIX}{{{route_key}}}"

@@ -44,9 +44,26 @@ def test_unknown_provider_names_its_path() -> None:
      "models.m.routes[0].priority: Expected `int`, got `str`"),
     ({"server": {"port": 70000}}, "server.port: Expected `int` <= 65535"),
     ({"auth": {"keys": [{"id": "a"}]}}, "auth.keys[0]: exactly one of key or key_sha256"),
+    ({"state": {"redis_cluster": True, "redis_sentinel": {"service": "s", "nodes": ["h:1"]}}},
+     "state: redis_cluster and redis_sentinel exclude each other"),
+    ({"state": {"redis_cluster": True, "redis_url": "redis://h:6379/2"}},
+     "state: a Redis Cluster has only database 0"),
+    ({"state": {"redis_sentinel": {"service": "s", "nodes": ["h:1", "h2"]}}},
+     "state.redis_sentinel: nodes[1]: expected \"host:port\", got 'h2'"),
+    ({"state": {"redis_sentinel": {"service": "s", "nodes": []}}},
+     "state.redis_sentinel.nodes: Expected `array` of length >= 1"),
 ])
 def test_bad_configs_name_the_path(data: dict, expected: str) -> None:
     assert error_of(data).startswith(expected)
+
+
+def test_a_sentinel_config_keeps_its_password_out_of_repr() -> None:
+    state = parse_config({"state": {"backend": "redis", "redis_sentinel": {
+        "service": "imagegate", "nodes": ["10.0.0.7:26379", "[::1]:26380"],
+        "password": "sentinel-secret"}}}, env={}).state
+    assert state.redis_sentinel is not None and not state.redis_cluster
+    assert state.redis_sentinel.addresses() == [("10.0.0.7", 26379), ("::1", 26380)]
+    assert "sentinel-secret" not in repr(state)
 
 
 def test_env_vars_expand_with_defaults_and_types() -> None:

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from imagegate.config.errors import GatewayError
+from imagegate.config.schema import StateConfig
 from imagegate.middlewares.capture import events_kept
 from imagegate.middlewares.errors import errors_middleware
 from imagegate.middlewares.exactly_once import HEADER, ExactlyOnce
@@ -263,8 +264,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 async def test_redis_ledger_shares_leases_and_answers(redis_url: str) -> None:
     clock = Clock()
-    a = RedisLedger(redis_url, lease_s=30, ttl_s=600, max_bytes=1000, clock=clock)
-    b = RedisLedger(redis_url, lease_s=30, ttl_s=600, max_bytes=1000, clock=clock)
+    state = StateConfig(backend="redis", redis_url=redis_url)
+    a = RedisLedger(state, lease_s=30, ttl_s=600, max_bytes=1000, clock=clock)
+    b = RedisLedger(state, lease_s=30, ttl_s=600, max_bytes=1000, clock=clock)
     try:
         dead = await a.claim("r1", "fp")
         assert dead.kind == "won"

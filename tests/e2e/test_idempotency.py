@@ -12,7 +12,7 @@ import aiohttp
 import openai
 import pytest
 from aiohttp import web
-from imagegate.config.schema import Config
+from imagegate.config.schema import Config, StateConfig
 from imagegate.middlewares.exactly_once import EXACTLY_ONCE, HEADER, scope_of
 from imagegate.middlewares.idempotency import json_fingerprint
 from imagegate.middlewares.ledger import RedisLedger
@@ -221,7 +221,8 @@ async def test_a_dead_holders_lease_expires(start: Any, openai_upstream: Any,
     clock = Clock()
     with redis_server(tmp_path) as url:
         # a gateway that claimed the key, then died without renewing its lease
-        dead = RedisLedger(url, lease_s=30, ttl_s=86400, max_bytes=1000, clock=clock)
+        dead = RedisLedger(StateConfig(backend="redis", redis_url=url), lease_s=30,
+                           ttl_s=86400, max_bytes=1000, clock=clock)
         raw = json.dumps(PROMPT).encode()
         await dead.claim(scope_of("anonymous", "generations", "order-42"),
                          json_fingerprint(raw))
