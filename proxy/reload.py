@@ -29,13 +29,20 @@ class Generation:
     def __init__(self, gateway: Gateway, middlewares: Sequence[Middleware]) -> None:
         self.gateway, self.config = gateway, gateway.config
         self.middlewares = tuple(middlewares)
+        self._chains: dict[Handler, Handler] = {}
 
     def wrap(self, handler: Handler) -> Handler:
-        """The handler inside this generation's middlewares (as aiohttp chains an app's)."""
-        wrapped: Any = handler
-        for mw in reversed(self.middlewares):
-            wrapped = functools.partial(mw, handler=wrapped)
-        return wrapped  # type: ignore[no-any-return]
+        """The handler inside this generation's middlewares (as aiohttp chains an app's), built
+        once per handler: aiohttp hands the same one to every request of a route."""
+        chain = self._chains.get(handler)
+        if chain is None:
+            wrapped: Any = handler
+            for mw in reversed(self.middlewares):
+                wrapped = functools.partial(mw, handler=wrapped)
+            if len(self._chains) < 256:  # routes are few; a bound whatever aiohttp passes
+                self._chains[handler] = wrapped
+            chain = wrapped
+        return chain
 
 
 class Generations:
