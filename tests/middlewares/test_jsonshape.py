@@ -2,7 +2,11 @@
 (the one-pass check of small flat objects, or the full scan) a body takes."""
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from imagegate.config.errors import GatewayError
 from imagegate.middlewares.jsonshape import MAX_DEPTH, check_json_shape
 
@@ -41,3 +45,25 @@ def test_nesting_deeper_than_the_bound_is_refused() -> None:
         check_json_shape(deep)
     assert "nested" in caught.value.message
     check_json_shape(b'{"a": ' + b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1) + b"}")
+
+
+KEYS = st.sampled_from(["model", "prompt", "n", "size", 'a"b', "a\\b", "é", "\u2028"])
+VALUES = st.one_of(st.integers(), st.text(max_size=20), st.booleans(), st.none(),
+                   st.lists(st.integers(), max_size=2), st.dictionaries(KEYS, st.integers(),
+                                                                        max_size=2))
+
+
+@given(st.lists(st.tuples(KEYS, VALUES, st.booleans()), max_size=6), st.sampled_from([" ", ""]))
+def test_the_check_refuses_exactly_the_bodies_that_repeat_a_key(
+        pairs: list[tuple[str, object, bool]], space: str) -> None:
+    """Whatever the escapes (one key written raw, its twin as \\u escapes), nesting and
+    spacing, a body is refused iff a top-level key, as the decoder reads it, repeats."""
+    raw = ("{" + ",".join(f"{json.dumps(k, ensure_ascii=escaped)}{space}:{space}"
+                          f"{json.dumps(v, ensure_ascii=escaped)}" for k, v, escaped in pairs)
+           + "}").encode()
+    keys = [k for k, _, _ in pairs]
+    if len(set(keys)) == len(keys):
+        check_json_shape(raw)
+    else:
+        with pytest.raises(GatewayError):
+            check_json_shape(raw)
