@@ -1,7 +1,6 @@
 """Faults from either side: upstreams that compress or break mid-answer, malformed uploads."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 from typing import Any
@@ -48,17 +47,7 @@ async def test_answers_are_asked_uncompressed(aiohttp_server: Any, gateway: Any)
 async def test_a_stream_that_breaks_midway_ends_with_an_error_event(aiohttp_server: Any,
                                                                     gateway: Any) -> None:
     calls = [0]
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        calls[0] += 1
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(openai_mock.PARTIAL_EVENT)
-        await asyncio.sleep(0.05)
-        assert request.transport is not None
-        request.transport.close()  # the provider dies mid-stream
-        return resp
-
+    handler = openai_mock.breaking_stream(calls, pause_s=0.05)
     client = await gateway(make_config(**two_routes(await upstream(aiohttp_server, handler))))
     sdk = checked_sdk(str(client.make_url("/v1")), "x")
     stream = await sdk.images.generate(model="gpt-image-1", prompt="p", stream=True)

@@ -492,18 +492,8 @@ async def test_a_url_answer_is_kept_no_longer_than_its_links(start: Any) -> None
 async def test_a_stream_that_broke_midway_releases_the_key(aiohttp_server: Any, tmp_path: Any,
                                                           aiohttp_client: Any) -> None:
     calls = [0]
-
-    async def breaking(request: web.Request) -> web.StreamResponse:
-        calls[0] += 1
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(openai_mock.PARTIAL_EVENT)
-        assert request.transport is not None
-        request.transport.close()  # the provider dies mid-stream
-        return resp
-
     app = web.Application()
-    app.router.add_post("/images/generations", breaking)
+    app.router.add_post("/images/generations", openai_mock.breaking_stream(calls))
     base = str((await aiohttp_server(app)).make_url("")).rstrip("/")
     config = make_config(tmp_path=tmp_path, providers={
         "flaky": {"type": "openai", "base_url": base, "api_key": "k"}},

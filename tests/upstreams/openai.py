@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from PIL import Image
@@ -29,6 +30,23 @@ PARTIAL_EVENT = (b'event: image_generation.partial_image\ndata: {"type": '
                  b'"size":"1024x1024","quality":"low","background":"opaque",'
                  b'"output_format":"png","partial_image_index":0}\n\n')
 PNG_B64 = base64.b64encode(PNG).decode()
+
+
+def breaking_stream(calls: list[int], pause_s: float = 0.0) -> Any:
+    """A handler that starts a stream with one partial image, then dies mid-stream (after
+    `pause_s`, so the event can reach the client first); counts its calls in calls[0]."""
+    async def breaking(request: web.Request) -> web.StreamResponse:
+        calls[0] += 1
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(PARTIAL_EVENT)
+        if pause_s:
+            await asyncio.sleep(pause_s)
+        assert request.transport is not None
+        request.transport.close()  # the provider dies mid-stream
+        return resp
+
+    return breaking
 
 
 @dataclass
