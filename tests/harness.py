@@ -11,6 +11,16 @@ from imagegate.proxy.server import GatewayRunner, Limits
 from prometheus_client import CollectorRegistry
 
 
+class Clock:
+    """A clock the test moves by hand (`clock.now += 60`), for whatever takes a `clock`."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class GatewayTestServer(TestServer):
     def __init__(self, app: web.Application, limits: Limits, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)

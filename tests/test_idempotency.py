@@ -20,15 +20,8 @@ from imagegate.middlewares.metrics import Metrics
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import make_config
+from tests.harness import Clock
 from tests.redis_server import redis_server
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize("value", ["a", "x" * 255, "order 42/retry:#1 ~!"])
@@ -55,7 +48,7 @@ def _answer(body: bytes = b"{}", expires_at: float = 2e6) -> StoredAnswer:
 
 
 async def test_memory_ledger_claims_replays_and_releases() -> None:
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     ledger = MemoryLedger(lease_s=30, max_bytes=1000, clock=clock)
     first = await ledger.claim("s", "fp")
     assert first.kind == "won"
@@ -72,7 +65,7 @@ async def test_memory_ledger_claims_replays_and_releases() -> None:
 
 
 async def test_memory_ledger_lease_lapses_without_heartbeat() -> None:
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     ledger = MemoryLedger(lease_s=30, max_bytes=1000, clock=clock)
     dead = await ledger.claim("s", "fp")
     clock.now += 20
@@ -83,7 +76,7 @@ async def test_memory_ledger_lease_lapses_without_heartbeat() -> None:
 
 
 async def test_memory_ledger_drops_oldest_answers_over_its_budget() -> None:
-    ledger = MemoryLedger(lease_s=30, max_bytes=10, clock=Clock())
+    ledger = MemoryLedger(lease_s=30, max_bytes=10, clock=Clock(1_000_000.0))
     for scope in ("a", "b"):
         claim = await ledger.claim(scope, "fp")
         await ledger.finish(scope, claim.token, _answer(b"123456"))
@@ -263,7 +256,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 async def test_redis_ledger_shares_leases_and_answers(redis_url: str) -> None:
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     state = StateConfig(backend="redis", redis_url=redis_url)
     a = RedisLedger(state, lease_s=30, ttl_s=600, max_bytes=1000, clock=clock)
     b = RedisLedger(state, lease_s=30, ttl_s=600, max_bytes=1000, clock=clock)

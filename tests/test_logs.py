@@ -12,13 +12,7 @@ import structlog
 from imagegate.middlewares.redact import register
 from imagegate.proxy.logs import RateLimiter, configure_logging, unconfigure_logging
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.harness import Clock
 
 
 @pytest.fixture

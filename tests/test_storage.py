@@ -7,13 +7,7 @@ from pathlib import Path
 from imagegate.config.schema import StorageConfig
 from imagegate.proxy.storage import ImageStore
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.harness import Clock
 
 
 def store(tmp_path: Path, clock: Clock, secret: str = "k") -> ImageStore:
@@ -26,7 +20,7 @@ def query(q: str) -> tuple[str, str]:
 
 
 async def test_signed_link_opens_until_it_expires(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     s = store(tmp_path, clock)
     name, q = await s.save(b"\x89PNG\r\n\x1a\nxx", "image/png")
     expires, sig = query(q)
@@ -38,7 +32,7 @@ async def test_signed_link_opens_until_it_expires(tmp_path: Path) -> None:
 
 
 async def test_tampered_links_are_refused(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     s = store(tmp_path, clock)
     name, q = await s.save(b"data", "image/jpeg")
     expires, sig = query(q)
@@ -48,7 +42,7 @@ async def test_tampered_links_are_refused(tmp_path: Path) -> None:
 
 
 async def test_names_cannot_escape_the_directory(tmp_path: Path) -> None:
-    s = store(tmp_path / "images", Clock())
+    s = store(tmp_path / "images", Clock(1_000_000.0))
     (tmp_path / "secret.png").write_bytes(b"x")
     for name in ("../secret.png", "..%2Fsecret.png", "/etc/passwd", "a.png", ""):
         assert not s.verify(name, "9999999999", s._sign(name, 9999999999))
@@ -56,7 +50,7 @@ async def test_names_cannot_escape_the_directory(tmp_path: Path) -> None:
 
 
 async def test_sweep_removes_expired_files(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     s = store(tmp_path, clock)
     old, _ = await s.save(b"a", "image/png")
     os.utime(tmp_path / old, (clock.now - 120, clock.now - 120))

@@ -12,7 +12,8 @@ from imagegate.proxy.routing import Router, retry_after_s
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import make_config
-from tests.e2e.test_routing import Clock, two_upstreams
+from tests.e2e.test_routing import two_upstreams
+from tests.harness import Clock
 from tests.redis_server import free_port, redis_server
 from tests.upstreams import openai as openai_mock
 
@@ -20,7 +21,7 @@ BODY = {"model": "gpt-image-1", "prompt": "p"}
 
 
 async def start(aiohttp_client: Any, config: Any) -> tuple[Any, Clock, CollectorRegistry]:
-    clock, registry = Clock(), CollectorRegistry()  # the router's: route health lives there
+    clock, registry = Clock(100.0), CollectorRegistry()  # the router's: route health lives there
     router = Router(config, Metrics(registry), clock=clock)
     client = await aiohttp_client(create_app(config, registry=CollectorRegistry(),
                                              router=router))
@@ -205,7 +206,7 @@ async def test_a_probe_whose_client_hangs_up_is_free_for_the_next_request(
 
     first, second, providers, models = await two_upstreams(aiohttp_server)
     config = make_config({"routing": {"cooldown_s": 30}}, providers=providers, models=models)
-    clock, registry = Clock(), CollectorRegistry()
+    clock, registry = Clock(100.0), CollectorRegistry()
     router = Router(config, Metrics(registry), clock=clock)
     server = await aiohttp_server(create_app(config, registry=CollectorRegistry(),
                                              router=router))

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from tests.conftest import GATEWAY_KEY, make_config, openai_models
+from tests.harness import Clock
 from tests.redis_server import redis_server
 from tests.schemas import checked_sdk
 from tests.upstreams import openai as openai_mock
@@ -28,12 +29,6 @@ from tests.upstreams import openai as openai_mock
 PROMPT = {"model": "gpt-image-1", "prompt": "a lighthouse"}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 2_000_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -218,7 +213,7 @@ async def test_two_gateways_share_answers_through_redis(start: Any, openai_upstr
 async def test_a_dead_holders_lease_expires(start: Any, openai_upstream: Any,
                                             tmp_path: Any) -> None:
     recorder, _ = openai_upstream
-    clock = Clock()
+    clock = Clock(2_000_000_000.0)
     with redis_server(tmp_path) as url:
         # a gateway that claimed the key, then died without renewing its lease
         dead = RedisLedger(StateConfig(backend="redis", redis_url=url), lease_s=30,
@@ -385,7 +380,7 @@ async def test_a_running_request_renews_its_lease(start: Any, openai_upstream: A
                                                   tmp_path: Any) -> None:
     recorder, _ = openai_upstream
     recorder.gate = asyncio.Event()
-    clock = Clock()
+    clock = Clock(2_000_000_000.0)
     with redis_server(tmp_path) as url:
         overrides = {**redis_overrides(url), "idempotency": {"lease_s": 1}}
         one = await start(overrides, clock=clock)
@@ -476,7 +471,7 @@ async def test_a_gateway_shutting_down_finishes_its_detached_requests(
 
 
 async def test_a_url_answer_is_kept_no_longer_than_its_links(start: Any) -> None:
-    clock = Clock()
+    clock = Clock(2_000_000_000.0)
     clock.now = time.time()  # the image store signs links with the real clock
     client = await start(clock=clock)
     body = {"model": "local", "prompt": "kite", "size": "64x64", "response_format": "url"}

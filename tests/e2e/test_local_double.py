@@ -14,7 +14,7 @@ from imagegate.proxy.routing import Router
 from prometheus_client import CollectorRegistry
 
 from tests.conftest import make_config
-from tests.e2e.test_routing import Clock
+from tests.harness import Clock
 from tests.schemas import checked_sdk
 
 BODY = {"model": "m", "prompt": "p", "size": "16x16"}
@@ -29,7 +29,7 @@ def double(route: dict[str, Any], fallback: bool = True, **overrides: Any) -> An
 
 
 async def start(aiohttp_client: Any, config: Any) -> tuple[Any, Clock, CollectorRegistry]:
-    clock, registry = Clock(), CollectorRegistry()
+    clock, registry = Clock(100.0), CollectorRegistry()
     router = Router(config, Metrics(registry), clock=clock)
     client = await aiohttp_client(create_app(config, registry=CollectorRegistry(),
                                              router=router))

@@ -17,16 +17,10 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from tests.conftest import make_config
+from tests.harness import Clock
 from tests.redis_server import free_port
 from tests.schemas import checked_sdk
 from tests.upstreams import openai as openai_mock
-
-
-class Clock:
-    now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def two_upstreams(aiohttp_server: Any) -> tuple[Any, Any, dict, dict]:
@@ -44,7 +38,7 @@ async def test_failover_then_cooldown_then_recovery(aiohttp_server: Any,
                                                     aiohttp_client: Any) -> None:
     first, second, providers, models = await two_upstreams(aiohttp_server)
     config = make_config({"routing": {"cooldown_s": 30}}, providers=providers, models=models)
-    clock, registry = Clock(), CollectorRegistry()
+    clock, registry = Clock(100.0), CollectorRegistry()
     router = Router(config, Metrics(CollectorRegistry()), clock=clock)
     client = await aiohttp_client(create_app(config, registry=registry, router=router))
     first.mode = "server_error"
@@ -67,7 +61,7 @@ async def test_every_route_resting_is_503_with_retry_after(aiohttp_server: Any,
     config = make_config({"routing": {"cooldown_s": 30}}, providers=providers, models=models)
     client = await aiohttp_client(create_app(config, registry=CollectorRegistry(),
                                              router=Router(config, Metrics(CollectorRegistry()),
-                                                           clock=Clock())))
+                                                           clock=Clock(100.0))))
     first.mode = second.mode = "server_error"
     for _ in range(3):
         resp = await client.post("/v1/images/generations", json={"model": "gpt-image-1",

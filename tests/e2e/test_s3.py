@@ -28,6 +28,7 @@ from tests.e2e.test_health import healthy, start
 from tests.e2e.test_idempotency import generate
 from tests.e2e.test_routing import two_upstreams
 from tests.gateway_process import gateway_process
+from tests.harness import Clock
 from tests.redis_server import redis_server
 from tests.s3_server import ENV, MotoServer, S3Target, s3_target
 from tests.schemas import checked_sdk
@@ -111,17 +112,11 @@ async def test_objects_carry_their_type_expiry_and_lifecycle_tags(gateway: Any,
                                                     "imagegate-expire-days": "1"}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_presign_false_streams_the_object_through_signed_gateway_links(
         gateway: Any, s3: S3Target) -> None:
-    config, clock = s3_config(s3, ttl_s=60, presign=False), Clock()
+    config, clock = s3_config(s3, ttl_s=60, presign=False), Clock(time.time())
     client = await gateway(config, store=ImageStore(config.storage, clock))
     image, url = await b64_and_url(client)
     base = str(client.make_url("/v1/images/files/"))

@@ -10,7 +10,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.conftest import make_config
-from tests.middlewares.usage_app import Clock
+from tests.harness import Clock
+from tests.middlewares.usage_app import DAY_START
 from tests.schemas import checked_sdk
 from tests.upstreams.openai import API_KEY
 
@@ -103,7 +104,7 @@ async def test_limits_answer_with_openais_headers_and_errors(gateway: Any,
 async def test_a_budget_refuses_then_resets_the_next_day(gateway: Any,
                                                          openai_upstream: Any) -> None:
     _, base = openai_upstream
-    clock = Clock(1_796_083_200.0 + 22 * 3600)  # 2026-12-01T22:00:00Z
+    clock = Clock(DAY_START + 22 * 3600)  # 2026-12-01T22:00:00Z
     client = await gateway(config(base, {"budget": {"usd_per_day": 0.5}}), clock=clock)
     api = sdk(client)
     raw = await api.images.with_raw_response.generate(model="house", prompt="o", n=2,

@@ -7,8 +7,9 @@ import openai
 import pytest
 from structlog.testing import capture_logs
 
+from tests.harness import Clock
 from tests.middlewares.test_ratelimit import gen
-from tests.middlewares.usage_app import Clock, usage_app, usage_config
+from tests.middlewares.usage_app import DAY_START, usage_app, usage_config
 from tests.schemas import checked_sdk
 
 TABLE = {"per_image": {"1024x1024/low": 0.011, "1024x1024/high": 0.167, "*/medium": 0.063,
@@ -74,7 +75,7 @@ async def test_an_unpriced_route_is_unknown_not_free(aiohttp_client: Any) -> Non
 
 
 async def test_a_daily_budget_refuses_what_cannot_fit_until_midnight(aiohttp_client: Any) -> None:
-    clock = Clock()
+    clock = Clock(DAY_START)
     clock.now += 20 * 3600  # 2026-12-01T20:00:00Z
     client = await start(aiohttp_client, {"per_image": 0.2}, {"usd_per_day": 0.5}, clock)
     resp = await gen(client, n=2)

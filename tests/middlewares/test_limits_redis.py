@@ -7,8 +7,9 @@ from typing import Any
 from imagegate.middlewares.limits import Plan, Slot
 from structlog.testing import capture_logs
 
+from tests.harness import Clock
 from tests.middlewares.test_ratelimit import gen
-from tests.middlewares.usage_app import Clock, usage_app, usage_config
+from tests.middlewares.usage_app import DAY_START, usage_app, usage_config
 from tests.redis_server import free_port, redis_server
 
 
@@ -29,7 +30,7 @@ async def pair(aiohttp_client: Any, url: str, entry: dict[str, Any], clock: Cloc
 
 
 async def test_two_gateways_split_one_limit(aiohttp_client: Any, tmp_path: Any) -> None:
-    clock = Clock()
+    clock = Clock(DAY_START)
     with redis_server(tmp_path) as url:
         a, b = await pair(aiohttp_client, url, {"limits": {"requests_per_minute": 3,
                                                            "images_per_minute": 4}}, clock)
@@ -50,7 +51,7 @@ async def test_two_gateways_split_one_limit(aiohttp_client: Any, tmp_path: Any) 
 
 async def test_slots_are_shared_and_a_dead_holders_lease_expires(aiohttp_client: Any,
                                                                  tmp_path: Any) -> None:
-    clock = Clock()
+    clock = Clock(DAY_START)
     with redis_server(tmp_path) as url:
         a, b = await pair(aiohttp_client, url, {"limits": {"concurrent_requests": 1}}, clock,
                           lease_ttl_s=30)
@@ -90,7 +91,7 @@ async def test_a_budget_is_shared_and_resets_at_midnight(aiohttp_client: Any,
 
 async def test_redis_down_open_falls_back_to_memory_and_recovers(aiohttp_client: Any,
                                                                  tmp_path: Any) -> None:
-    clock, port = Clock(), free_port()
+    clock, port = Clock(DAY_START), free_port()
     with redis_server(tmp_path, port) as url:
         a, b = await pair(aiohttp_client, url, {"limits": {"requests_per_minute": 2}}, clock)
         assert (await gen(a)).status == 200
@@ -110,7 +111,7 @@ async def test_redis_down_open_falls_back_to_memory_and_recovers(aiohttp_client:
 
 
 async def test_redis_down_closed_refuses_with_503(aiohttp_client: Any, tmp_path: Any) -> None:
-    clock, port = Clock(), free_port()
+    clock, port = Clock(DAY_START), free_port()
     with redis_server(tmp_path, port) as url:
         a, _ = await pair(aiohttp_client, url, {"limits": {"requests_per_minute": 5}}, clock,
                           on_error="closed")
@@ -127,7 +128,7 @@ async def test_answers_ending_together_all_release_their_slots(aiohttp_client: A
                                                                tmp_path: Any) -> None:
     import redis.asyncio as redis
 
-    clock = Clock()
+    clock = Clock(DAY_START)
     with redis_server(tmp_path) as url:
         a, b = await pair(aiohttp_client, url, {"limits": {"concurrent_requests": 40},
                                                 "budget": {"images_per_day": 1000}}, clock)

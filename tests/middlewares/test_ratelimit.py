@@ -8,7 +8,8 @@ import aiohttp
 import openai
 import pytest
 
-from tests.middlewares.usage_app import Clock, usage_app, usage_config
+from tests.harness import Clock
+from tests.middlewares.usage_app import DAY_START, usage_app, usage_config
 from tests.schemas import checked_sdk
 
 
@@ -33,7 +34,7 @@ async def gen(client: Any, token: str = "team-a", **body: Any) -> Any:
 
 
 async def test_requests_per_minute_is_a_sliding_window(aiohttp_client: Any) -> None:
-    clock = Clock()
+    clock = Clock(DAY_START)
     client = await start(aiohttp_client, {"keys": [key({"requests_per_minute": 3})]}, clock)
     assert (await gen(client)).status == 200
     clock.now += 59  # two more at the end of the first minute
@@ -61,7 +62,7 @@ async def test_requests_per_minute_is_a_sliding_window(aiohttp_client: Any) -> N
 
 
 async def test_images_count_n_and_a_refusal_consumes_nothing(aiohttp_client: Any) -> None:
-    clock = Clock()
+    clock = Clock(DAY_START)
     client = await start(aiohttp_client, {"keys": [key(
         {"requests_per_minute": 10, "images_per_minute": 5})]}, clock)
     resp = await gen(client, n=3)

@@ -20,17 +20,14 @@ from imagegate.middlewares.metrics import Metrics
 from imagegate.middlewares.ratelimit import apply_usage_headers, ratelimit_middleware
 from prometheus_client import CollectorRegistry
 
+from tests.harness import Clock
+
 USAGE = Usage(input_tokens=50, output_tokens=4160, total_tokens=4210,
               input_tokens_details={"text_tokens": 10, "image_tokens": 40})
 ANSWER = {"created": 1, "data": [{"b64_json": "aW1n"}]}
 
 
-class Clock:
-    def __init__(self, now: float = 1_796_083_200.0) -> None:  # 2026-12-01T00:00:00Z
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+DAY_START = 1_796_083_200.0  # 2026-12-01T00:00:00Z: a UTC day and month begin
 
 
 def usage_config(auth: dict[str, Any], price: dict[str, Any] | None = None,
