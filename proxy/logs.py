@@ -19,6 +19,9 @@ MAX_EXCEPTION_CHARS = 8000
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/=_-]{120,}")
 
 
+WARNING_OR_WORSE = frozenset(("warning", "error", "critical", "exception"))
+
+
 class RateLimiter:
     """At most `burst` warning-or-worse lines per event name and window; the next line after a
     window that dropped some says how many (`suppressed`). Access lines are never limited."""
@@ -30,7 +33,7 @@ class RateLimiter:
 
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]
                  ) -> MutableMapping[str, Any]:
-        if method not in ("warning", "error", "critical", "exception"):
+        if method not in WARNING_OR_WORSE:
             return event
         key = (str(event.get("event")), str(event.get("logger", "")))
         now = self.clock()
@@ -125,7 +128,6 @@ class _ToStructlog(logging.Handler):
             "library_log", **fields)
 
 
-_WARNING_OR_WORSE = frozenset(("warning", "error", "critical", "exception"))
 _LEVEL_NAMES = {"warn": "warning", "exception": "error"}  # as structlog's add_log_level
 
 
@@ -140,7 +142,7 @@ def _prepare(limiter: RateLimiter) -> Callable[[Any, str, MutableMapping[str, An
         if request_id is not None:
             event.setdefault("request_id", request_id)
         event["level"] = _LEVEL_NAMES.get(method, method)
-        if method in _WARNING_OR_WORSE:
+        if method in WARNING_OR_WORSE:  # the limiter's own test, saving info lines a call
             event = limiter(logger, method, event)
         event = iso_timestamp(logger, method, event)
         return _exc_info(logger, method, event)

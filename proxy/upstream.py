@@ -42,14 +42,6 @@ def request_id() -> str | None:
     return REQUEST_ID_VAR.get()
 
 
-def upstream_timeout(provider: str) -> GatewayError:
-    return GatewayError("upstream_timeout", f"The provider '{provider}' timed out.")
-
-
-def upstream_unreachable(provider: str) -> GatewayError:
-    return GatewayError("upstream_unavailable", f"The provider '{provider}' could not be reached.")
-
-
 class Call:
     """One upstream call in progress: its response, and how it ended when that is not its
     status (the answer broke after it had begun reaching the client)."""
@@ -160,9 +152,11 @@ class Upstream:
                     if call.broken:
                         slot.outcome = "broken"
             except TimeoutError as exc:
-                raise upstream_timeout(provider) from exc
+                raise GatewayError("upstream_timeout",
+                                   f"The provider '{provider}' timed out.") from exc
             except aiohttp.ClientError as exc:
-                raise upstream_unreachable(provider) from exc
+                raise GatewayError("upstream_unavailable",
+                                   f"The provider '{provider}' could not be reached.") from exc
 
     @asynccontextmanager
     async def slot(self, state: ProviderState, model: str, path: str) -> AsyncIterator[Slot]:
