@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from imagegate.middlewares.keys import record_of
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.values import MutexValue
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -94,6 +95,38 @@ class Metrics:
         self.child(self.duration, endpoint, model).observe(seconds)
 
 
+class _LoopValue:
+    """prometheus_client's MutexValue without its lock. Every increment and every scrape runs
+    on the event loop's one thread, so the lock only cost a call per increment. Values of
+    several workers (multiprocess files) are left as they are."""
+
+    __slots__ = ("_value", "_exemplar")
+    _multiprocess = False
+
+    def __init__(self, value: float) -> None:
+        self._value, self._exemplar = value, None
+
+    def inc(self, amount: float) -> None:
+        self._value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self._value = value
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        self._exemplar = exemplar
+
+    def get(self) -> float:
+        return self._value
+
+    def get_exemplar(self) -> Any:
+        return self._exemplar
+
+
+def _unlocked(value: Any) -> Any:
+    """The lock-free twin of a single-process value (same value), anything else as it is."""
+    return _LoopValue(value.get()) if type(value) is MutexValue else value
+
+
 class _Count:
     """A counter child's increment without the checks prometheus_client repeats on every call
     (is it a labelled parent? is the amount negative?): here the labels are fixed at creation
@@ -103,6 +136,7 @@ class _Count:
     __slots__ = ("_add",)
 
     def __init__(self, child: Counter) -> None:
+        child._value = _unlocked(child._value)
         self._add = child._value.inc
 
     def inc(self, amount: float = 1) -> None:
@@ -116,6 +150,8 @@ class _Observe:
     __slots__ = ("_add_sum", "_bounds", "_buckets")
 
     def __init__(self, child: Histogram) -> None:
+        child._sum = _unlocked(child._sum)
+        child._buckets = [_unlocked(b) for b in child._buckets]
         self._add_sum = child._sum.inc
         self._bounds = tuple(child._upper_bounds)  # ends with +Inf: every amount has a bucket
         self._buckets = tuple(b.inc for b in child._buckets)
@@ -141,7 +177,10 @@ def _fast(family: Any, child: Any) -> Any:
 def gauge_adder(gauge: Gauge) -> Callable[[float], None]:
     """`add(1)` / `add(-1)` on an unlabelled gauge: Gauge.inc and dec without their checks."""
     value = getattr(gauge, "_value", None)
-    return value.inc if value is not None else gauge.inc
+    if value is None:
+        return gauge.inc
+    gauge._value = value = _unlocked(value)
+    return value.inc
 
 
 def _endpoint(request: web.Request) -> str:

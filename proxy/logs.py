@@ -1,8 +1,12 @@
 """Logging: every logger (ours, aiohttp's, asyncio's) as one JSON line, repeats rate-limited."""
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import re
+import sys
+import threading
 import time
 from collections.abc import Callable, MutableMapping
 from typing import Any, BinaryIO
@@ -150,6 +154,72 @@ def _prepare(limiter: RateLimiter) -> Callable[[Any, str, MutableMapping[str, An
     return prepare
 
 
+LINES_PER_WRITE_BYTES = 4096  # PIPE_BUF: a write this size to a pipe is never interleaved
+
+
+class LineWriter:
+    """structlog's BytesLogger, with the info lines of one event-loop turn written together:
+    one write and one flush per turn instead of two per request. Every write ends at a line's
+    end and holds at most PIPE_BUF bytes (or one longer line), so workers sharing a pipe never
+    interleave inside a line. A warning or worse, a line off the loop's thread and a line
+    with no loop running are written at once (after the pending ones: the order holds), and
+    whatever is pending is written at exit."""
+
+    def __init__(self, file: BinaryIO | None = None) -> None:
+        self._file = file if file is not None else sys.stdout.buffer
+        self._pending: list[bytes] = []
+        self._size = 0
+        self._thread = threading.get_ident()
+
+    def info(self, message: bytes) -> None:
+        if threading.get_ident() != self._thread:
+            self.now(message)
+            return
+        line = message + b"\n"
+        if self._size + len(line) > LINES_PER_WRITE_BYTES and self._pending:
+            self.flush()
+        self._pending.append(line)
+        self._size += len(line)
+        if len(self._pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop: start-up, shut-down, the CLI
+                self.flush()
+
+    def now(self, message: bytes) -> None:
+        if self._pending and threading.get_ident() == self._thread:
+            self.flush()
+        self._file.write(message + b"\n")
+        self._file.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        lines, self._pending, self._size = self._pending, [], 0
+        self._file.write(b"".join(lines))
+        self._file.flush()
+
+    debug = msg = info
+    warning = warn = error = err = critical = fatal = failure = exception = now
+
+
+class _Current:
+    writer: LineWriter | None = None
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    if _Current.writer is not None:
+        _Current.writer.flush()
+
+
+def _writer_factory(file: BinaryIO | None) -> Callable[..., LineWriter]:
+    if _Current.writer is not None:  # a reconfiguration: the old writer's lines first
+        _Current.writer.flush()
+    writer = _Current.writer = LineWriter(file)
+    return lambda *args: writer
+
+
 def configure_logging(level: str = "info", *, file: BinaryIO | None = None,
                       cache: bool = True, limiter: RateLimiter | None = None,
                       capture_warnings: bool = True) -> None:
@@ -161,7 +231,7 @@ def configure_logging(level: str = "info", *, file: BinaryIO | None = None,
             structlog.processors.JSONRenderer(serializer=render_line),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.BytesLoggerFactory(file),
+        logger_factory=_writer_factory(file),
         cache_logger_on_first_use=cache,
     )
     root = logging.getLogger()
@@ -175,6 +245,9 @@ def configure_logging(level: str = "info", *, file: BinaryIO | None = None,
 
 def unconfigure_logging() -> None:
     """Tests: back to structlog's defaults, the stdlib bridge removed."""
+    if _Current.writer is not None:
+        _Current.writer.flush()
+        _Current.writer = None
     structlog.reset_defaults()
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -62,3 +62,58 @@ def test_configured_secrets_and_base64_never_reach_a_line(lines: Any) -> None:
     text = json.dumps(lines())
     assert "sk-configured-secret-42" not in text and "QUJDQUJD" not in text
     assert "[redacted]" in text
+
+
+class _Writes(io.BytesIO):
+    """A stdout that keeps each write apart, as a pipe's reader would see them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: Any) -> int:
+        self.writes.append(bytes(data))
+        return super().write(data)
+
+
+@pytest.fixture
+def writes() -> Iterator[_Writes]:
+    out = _Writes()
+    configure_logging("info", file=out, cache=False, capture_warnings=False)
+    yield out
+    unconfigure_logging()
+
+
+async def test_info_lines_of_one_loop_turn_share_one_write_of_whole_lines(
+        writes: _Writes) -> None:
+    import asyncio
+    log = structlog.get_logger("t")
+    for i in range(60):  # ~115 bytes each: 60 lines are more than one PIPE_BUF
+        log.info("request", n=i, pad="x" * 20)
+    before = len(writes.getvalue().splitlines())
+    assert before < 60  # the last lines wait for the turn's end
+    await asyncio.sleep(0)
+    assert 2 <= len(writes.writes) <= 3  # 60 lines in two writes, not sixty
+    for chunk in writes.writes:  # each write ends at a line's end, none over PIPE_BUF
+        assert chunk.endswith(b"\n") and len(chunk) <= 4096
+    assert [json.loads(line)["n"] for line in writes.getvalue().splitlines()] == list(range(60))
+
+
+async def test_a_warning_is_written_at_once_after_the_lines_before_it(writes: _Writes) -> None:
+    log = structlog.get_logger("t")
+    log.info("request", n=1)
+    log.warning("upstream_broke_mid_answer")
+    assert [json.loads(line)["event"] for line in writes.getvalue().splitlines()] == [
+        "request", "upstream_broke_mid_answer"]
+
+
+def test_a_line_with_no_loop_or_from_another_thread_is_written_at_once(
+        writes: _Writes) -> None:
+    import threading
+    log = structlog.get_logger("t")
+    log.info("started")
+    assert json.loads(writes.getvalue())["event"] == "started"
+    thread = threading.Thread(target=lambda: log.info("from_a_thread"))
+    thread.start()
+    thread.join()
+    assert json.loads(writes.getvalue().splitlines()[-1])["event"] == "from_a_thread"

@@ -25,3 +25,11 @@ def test_counters_histograms_and_gauges_scrape_as_the_public_methods_write() -> 
     assert b'imagegate_request_duration_seconds_bucket{endpoint="/v1/images/generations",' \
            b'le="+Inf",model="m"} 23.0' in scraped
     assert b"imagegate_in_flight_requests 1.0" in scraped
+
+
+def test_a_series_counted_before_and_after_its_fast_path_keeps_every_count() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.retries.labels("openai").inc(2)  # the public method, before any fast path
+    metrics.child(metrics.retries, "openai").inc()
+    metrics.retries.labels("openai").inc()  # and after it: the same value underneath
+    assert b'imagegate_retries_total{provider="openai"} 4.0' in generate_latest(metrics.registry)
