@@ -124,7 +124,7 @@ class _LoopValue:
 
 def _unlocked(value: Any) -> Any:
     """The lock-free twin of a single-process value (same value), anything else as it is."""
-    return _LoopValue(value.get()) if type(value) is MutexValue else value
+    return _LoopValue(value.get()) if type(value) is MutexValue else value  # type: ignore[no-untyped-call]
 
 
 class _Count:
@@ -180,7 +180,8 @@ def gauge_adder(gauge: Gauge) -> Callable[[float], None]:
     if value is None:
         return gauge.inc
     gauge._value = value = _unlocked(value)
-    return value.inc
+    add: Callable[[float], None] = value.inc
+    return add
 
 
 def _endpoint(request: web.Request) -> str:

@@ -4,8 +4,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,72 +120,27 @@ class Upstream:
         if self.session is not None:
             await self.session.close()
 
-    @asynccontextmanager
-    async def attempt(
+    def attempt(
         self, provider: str, model: str, path: str, *, data: Any, headers: Mapping[str, str],
         method: str = "POST", stream: bool = False,
-    ) -> AsyncIterator[Call]:
-        """One upstream call; the caller reads the response inside the block."""
-        state = self.providers[provider]
+    ) -> Attempt:
+        """One upstream call (`async with ... as call`); the caller reads the response inside
+        the block. A timeout or a connection failure, also while the answer is read, comes out
+        as the gateway's error for that provider."""
         assert self.session is not None
+        state = self.providers[provider]
         ours = request_id()
         sent = {SENT_ID_HEADER.get(state.config.type, "x-request-id"): ours} if ours else {}
-        async with self.slot(state, model, path) as slot:
-            try:  # a timeout or a connection failure: the gateway's error for that provider
-                async with self.session.request(
-                    method, state.base_url + path, data=data,
-                    headers={**sent, **state.headers, **headers},
-                    timeout=state.stream_timeout if stream else state.timeout,
-                    allow_redirects=False,  # a provider that redirects is misconfigured
-                ) as resp:
-                    status = resp.status
-                    slot.status, slot.outcome = status, outcome_of(status)
-                    found = resp.headers.get
-                    slot.upstream_id = next((v for v in map(found, ANSWER_ID_HEADERS)
-                                             if v is not None), None)
-                    if 300 <= status < 400:
-                        raise GatewayError("upstream_unavailable", f"The provider '{provider}' "
-                                           f"answered with a redirect (HTTP {status}).")
-                    call = Call(resp, slot)
-                    yield call
-                    if call.broken:
-                        slot.outcome = "broken"
-            except TimeoutError as exc:
-                raise GatewayError("upstream_timeout",
-                                   f"The provider '{provider}' timed out.") from exc
-            except aiohttp.ClientError as exc:
-                raise GatewayError("upstream_unavailable",
-                                   f"The provider '{provider}' could not be reached.") from exc
+        return Attempt(Place(self, state, model, path), self.session.request(
+            method, state.base_url + path, data=data, headers={**sent, **state.headers, **headers},
+            timeout=state.stream_timeout if stream else state.timeout,
+            allow_redirects=False,  # a provider that redirects is misconfigured
+        ))
 
-    @asynccontextmanager
-    async def slot(self, state: ProviderState, model: str, path: str) -> AsyncIterator[Slot]:
+    def slot(self, state: ProviderState, model: str, path: str) -> Place:
         """A place under the provider's max_concurrency for one attempt (an HTTP call or an
         offline render), logged and counted when it ends; 429 upstream_busy when none is free."""
-        if state.in_flight >= state.config.max_concurrency:
-            self.metrics.child(self.metrics.upstream, state.name, model, "busy").inc()
-            raise GatewayError(
-                "upstream_busy", f"The provider '{state.name}' is at its concurrency limit.",
-                headers={"retry-after": "1"}, gateway_fault=True,
-            )
-        state.in_flight += 1
-        slot, started = Slot(), time.perf_counter()
-        try:
-            yield slot
-        except GatewayError as exc:
-            slot.failure = exc
-            if exc.code == "upstream_timeout":
-                slot.outcome = "timeout"
-            elif slot.outcome == "ok" and not exc.gateway_fault:
-                slot.outcome = "bad_answer"  # a 2xx that carried no usable image
-            raise
-        except asyncio.CancelledError:
-            slot.outcome = "cancelled"
-            raise
-        finally:
-            state.in_flight -= 1
-            self.record(state.name, model, path, slot.status, slot.outcome,
-                        time.perf_counter() - started, upstream_id=slot.upstream_id,
-                        error=slot.failure)
+        return Place(self, state, model, path)
 
     def record(self, provider: str, model: str, path: str, status: int, outcome: str,
                seconds: float, *, upstream_id: str | None = None,
@@ -207,3 +161,118 @@ class Upstream:
             extra["error"] = scrub(error.provider_message or error.message, (key,))
         log.info("upstream", provider=provider, model=model, path=path, status=status,
                  outcome=outcome, duration_ms=round(seconds * 1000, 2), **extra)
+
+
+class Place:
+    """One attempt's place under its provider's max_concurrency (`async with`, or taken and
+    left by an Attempt): refused when none is free, and logged and counted as it ended."""
+
+    __slots__ = ("upstream", "state", "model", "path", "slot", "started")
+
+    def __init__(self, upstream: Upstream, state: ProviderState, model: str, path: str) -> None:
+        self.upstream, self.state, self.model, self.path = upstream, state, model, path
+        self.slot = Slot()
+        self.started = 0.0
+
+    def take(self) -> Slot:
+        state = self.state
+        if state.in_flight >= state.config.max_concurrency:
+            metrics = self.upstream.metrics
+            metrics.child(metrics.upstream, state.name, self.model, "busy").inc()
+            raise GatewayError(
+                "upstream_busy", f"The provider '{state.name}' is at its concurrency limit.",
+                headers={"retry-after": "1"}, gateway_fault=True,
+            )
+        state.in_flight += 1
+        self.started = time.perf_counter()
+        return self.slot
+
+    def leave(self, exc: BaseException | None) -> None:
+        slot = self.slot
+        if isinstance(exc, GatewayError):
+            slot.failure = exc
+            if exc.code == "upstream_timeout":
+                slot.outcome = "timeout"
+            elif slot.outcome == "ok" and not exc.gateway_fault:
+                slot.outcome = "bad_answer"  # a 2xx that carried no usable image
+        elif isinstance(exc, asyncio.CancelledError):
+            slot.outcome = "cancelled"
+        self.state.in_flight -= 1
+        self.upstream.record(self.state.name, self.model, self.path, slot.status, slot.outcome,
+                             time.perf_counter() - self.started, upstream_id=slot.upstream_id,
+                             error=slot.failure)
+
+    async def __aenter__(self) -> Slot:
+        return self.take()
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: Any) -> None:
+        self.leave(exc)
+
+
+class Attempt:
+    """An upstream call in a place: entered, the response's head has arrived (a redirect is
+    refused); left, the connection is released, a failure mapped, the place left."""
+
+    __slots__ = ("place", "request", "call")
+
+    def __init__(self, place: Place, request: Any) -> None:
+        self.place, self.request = place, request  # request: aiohttp's, not yet awaited
+        self.call: Call | None = None
+
+    async def __aenter__(self) -> Call:
+        try:
+            slot = self.place.take()
+        except GatewayError:
+            self.request.close()  # never sent
+            raise
+        try:
+            resp = await self.request
+        except BaseException as exc:
+            mapped = self._leave(exc)
+            if mapped is not exc and mapped is not None:
+                raise mapped from exc
+            raise
+        status = resp.status
+        slot.status, slot.outcome = status, outcome_of(status)
+        found = resp.headers.get
+        slot.upstream_id = next((v for v in map(found, ANSWER_ID_HEADERS) if v is not None),
+                                None)
+        self.call = Call(resp, slot)
+        if 300 <= status < 400:
+            provider = self.place.state.name
+            error = GatewayError("upstream_unavailable", f"The provider '{provider}' answered "
+                                 f"with a redirect (HTTP {status}).")
+            await self.__aexit__(GatewayError, error, None)
+            raise error
+        return self.call
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: Any) -> None:
+        call = self.call
+        assert call is not None
+        if exc is None and call.broken:
+            call.slot.outcome = "broken"
+        try:
+            await call.response.__aexit__(kind, exc, tb)
+        except BaseException as failed:  # releasing failed: that failure is the one seen
+            mapped = self._leave(failed)
+            if mapped is not failed and mapped is not None:
+                raise mapped from failed
+            raise
+        mapped = self._leave(exc)
+        if mapped is not exc and mapped is not None:
+            raise mapped from exc
+
+    def _leave(self, exc: BaseException | None) -> BaseException | None:
+        """Leaves the place; a timeout or a connection failure becomes the gateway's error."""
+        mapped = exc
+        if isinstance(exc, TimeoutError):
+            mapped = GatewayError("upstream_timeout",
+                                  f"The provider '{self.place.state.name}' timed out.")
+        elif isinstance(exc, aiohttp.ClientError):
+            mapped = GatewayError("upstream_unavailable", f"The provider "
+                                  f"'{self.place.state.name}' could not be reached.")
+        self.place.leave(mapped)
+        return mapped
+
