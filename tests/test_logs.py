@@ -64,6 +64,46 @@ def test_configured_secrets_and_base64_never_reach_a_line(lines: Any) -> None:
     assert "[redacted]" in text
 
 
+@pytest.fixture
+def own_secrets() -> Iterator[None]:
+    """The process-wide secret set as it was, after a test that registers many."""
+    from imagegate.middlewares import redact
+    saved = (set(redact._registered), redact._pattern, redact._line_pattern, redact._line_forms)
+    yield
+    redact._registered.clear()
+    redact._registered.update(saved[0])
+    redact._pattern, redact._line_pattern, redact._line_forms = saved[1:]
+
+
+@pytest.mark.parametrize("count", [1, 40])  # a few: substring searches; many: one pattern
+def test_every_configured_secret_is_masked_however_many_there_are(
+        lines: Any, own_secrets: None, count: int) -> None:
+    secrets = [f"sk-many-{i:03d}-secret" for i in range(count)]
+    register(secrets)
+    log = structlog.get_logger("t")
+    for secret in secrets:
+        log.info("x", detail=f"quoted '{secret}' and \"{secret}\"")
+    text = json.dumps(lines())
+    assert not any(secret in text for secret in secrets)
+    assert text.count("[redacted]") == 2 * count
+
+
+def test_the_base64_run_test_finds_exactly_the_runs_the_pattern_finds() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from imagegate.proxy.logs import _BASE64_RUN_BYTES, _RUN, _RUN_TABLE
+
+    pieces = st.one_of(st.binary(max_size=40), st.integers(100, 140).map(lambda n: b"A+/9" * n)
+                       .map(lambda b: b[:len(b) // 4]), st.sampled_from([b'"', b" ", b":", b"\x00"]))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(pieces, max_size=12).map(b"".join))
+    def same(line: bytes) -> None:
+        assert (_RUN in line.translate(_RUN_TABLE)) == (_BASE64_RUN_BYTES.search(line) is not None)
+
+    same()
+
+
 class _Writes(io.BytesIO):
     """A stdout that keeps each write apart, as a pipe's reader would see them."""
 
