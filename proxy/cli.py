@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import os
 import secrets
@@ -268,6 +269,21 @@ def worker_main(config: Any, sock: socket.socket, path: str | None,
     sys.exit(run_worker(config, sock, True, path, args))
 
 
+YOUNG_COLLECTION_EVERY = 10_000  # allocations; CPython's default is 700
+
+
+def settle_heap() -> None:
+    """Once the app is built: what start-up made (modules, the config, the app) is moved out of
+    the collector's sight, and the young generation is collected every 10,000 allocations
+    instead of every 700. Each young collection walks what the requests in flight hold, and
+    a passthrough request allocates hundreds of objects (callgrind, 64 connections: 1.70M ->
+    1.59M instructions per request; 50,000 gained nothing more). Cyclic garbage lives a
+    little longer; the rest is freed by reference counting as before."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, *gc.get_threshold()[1:])
+
+
 def run_worker(config: Any, sock: socket.socket, multiprocess: bool, path: str | None = None,
                args: argparse.Namespace | None = None) -> int:
     """One serving process on the given socket. The last line it logs says why it stopped
@@ -281,6 +297,7 @@ def run_worker(config: Any, sock: socket.socket, multiprocess: bool, path: str |
     log = structlog.get_logger("imagegate")
     app = create_app(config, multiprocess=multiprocess, workers=args.workers if args else 1)
     generations = app[GENERATIONS]
+    settle_heap()
 
     def reload() -> None:
         log.info("config_reload_requested", pid=os.getpid())
