@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import re
 import secrets
 import time
@@ -16,8 +18,25 @@ _CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 log = structlog.get_logger("imagegate.access")
 
 
+class _Ids:
+    """Request ids: a random 64-bit prefix per process (drawn again in a forked worker) and a
+    counter, 32 hex digits as before. Unique across workers and restarts without a call to
+    the kernel's random source per request; an id names a request, it is no secret."""
+
+    prefix = ""
+    count = itertools.count()
+
+    @classmethod
+    def reseed(cls) -> None:
+        cls.prefix, cls.count = "req_" + secrets.token_hex(8), itertools.count()
+
+
+_Ids.reseed()
+os.register_at_fork(after_in_child=_Ids.reseed)
+
+
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(16)  # as random as uuid4().hex, without the UUID object
+    return f"{_Ids.prefix}{next(_Ids.count):016x}"
 
 
 def context_middleware() -> Callable[..., Awaitable[web.StreamResponse]]:

@@ -85,3 +85,22 @@ async def test_metrics_count_every_final_status(aiohttp_client: Any) -> None:
     assert registry.get_sample_value("imagegate_requests_total", {
         "endpoint": "/x", "model": NONE, "key": NONE, "status": "400"}) == 3
     assert registry.get_sample_value("imagegate_in_flight_requests") == 0
+
+
+def test_request_ids_are_unique_in_a_process_and_across_a_fork() -> None:
+    import os
+
+    from imagegate.middlewares.context import new_request_id
+
+    ours = [new_request_id() for _ in range(1000)]
+    assert len(set(ours)) == 1000 and all(len(i) == 36 and i.startswith("req_") for i in ours)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a forked worker draws its own prefix: its ids never repeat the parent's
+        os.write(write, "\n".join(new_request_id() for _ in range(1000)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as child:
+        theirs = child.read().split("\n")
+    os.waitpid(pid, 0)
+    assert len(theirs) == 1000 and not set(theirs) & set(ours + [new_request_id()])
