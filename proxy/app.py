@@ -24,6 +24,7 @@ from imagegate.middlewares.redact import configured_secrets, register
 from imagegate.proxy import endpoints
 from imagegate.proxy.drain import DRAIN, Drain
 from imagegate.proxy.gateway import GATEWAY, Gateway
+from imagegate.proxy.logs import info_line
 from imagegate.proxy.reload import GENERATIONS, Generations, Middleware
 from imagegate.proxy.routing import Router
 from imagegate.proxy.status import StatusBoard
@@ -73,7 +74,7 @@ def create_app(config: Config, *, registry: CollectorRegistry | None = None,
     generations = Generations(gateway, config_middlewares)
     drain = Drain()
     middlewares = [
-        context_middleware(),
+        context_middleware(info_line),
         metrics_middleware(metrics),
         errors_middleware(),  # inside context/metrics: they see every final status
         drain.middleware(),

@@ -208,8 +208,39 @@ class LineWriter:
     warning = warn = error = err = critical = fatal = failure = exception = now
 
 
+Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]
+
+
 class _Current:
     writer: LineWriter | None = None
+    chain: tuple[Processor, ...] = ()  # the configured processors, while info lines are on
+    chain_list: list[Processor] = []
+    info_on = False
+
+
+# structlog's live configuration: info_line writes directly only while its processors are still
+# ours (a structlog.configure elsewhere, or testing.capture_logs, which swaps the list's items,
+# takes the lines back). Without this internal, every line goes through structlog.
+_STRUCTLOG_CONFIG: Any = getattr(getattr(structlog, "_config", None), "_CONFIG", None)
+
+
+def info_line(event: str, fields: dict[str, Any]) -> None:
+    """An info line written exactly as structlog's chain writes `log.info(event, **fields)`
+    (same processors, fields and order), for the lines every request writes (its access line,
+    each upstream attempt): structlog's lazy logger, binding and copying per call cost more
+    than rendering the line. Before configure_logging (or after a reset), structlog as is."""
+    writer = _Current.writer
+    if writer is None or _STRUCTLOG_CONFIG is None \
+            or _STRUCTLOG_CONFIG.default_processors != _Current.chain_list:
+        structlog.get_logger().info(event, **fields)
+        return
+    if not _Current.info_on:
+        return
+    fields["event"] = event
+    line: Any = fields
+    for processor in _Current.chain:
+        line = processor(None, "info", line)
+    writer.info(line)
 
 
 @atexit.register
@@ -230,15 +261,16 @@ def configure_logging(level: str = "info", *, file: BinaryIO | None = None,
                       capture_warnings: bool = True) -> None:
     """structlog once per process: JSON lines (bytes all the way), and the stdlib's loggers
     sent through it."""
+    chain = (_prepare(limiter or RateLimiter()),
+             structlog.processors.JSONRenderer(serializer=render_line))
     structlog.configure(
-        processors=[
-            _prepare(limiter or RateLimiter()),
-            structlog.processors.JSONRenderer(serializer=render_line),
-        ],
+        processors=list(chain),
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=_writer_factory(file),
         cache_logger_on_first_use=cache,
     )
+    _Current.chain, _Current.chain_list = chain, list(chain)
+    _Current.info_on = LEVELS[level] <= logging.INFO
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, _ToStructlog):
@@ -253,6 +285,7 @@ def unconfigure_logging() -> None:
     if _Current.writer is not None:
         _Current.writer.flush()
         _Current.writer = None
+    _Current.chain, _Current.chain_list, _Current.info_on = (), [], False
     structlog.reset_defaults()
     root = logging.getLogger()
     for handler in list(root.handlers):

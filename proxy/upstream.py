@@ -9,15 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import structlog
 from imagegate.adapters import ADAPTERS
 from imagegate.adapters.base import Adapter, safe_message
 from imagegate.config.errors import GatewayError
 from imagegate.config.schema import Config, Provider
 from imagegate.middlewares.keys import REQUEST_ID_VAR
 from imagegate.middlewares.metrics import Metrics
+from imagegate.proxy.logs import info_line
 
-log = structlog.get_logger("imagegate.upstream")
 # The gateway's request id goes upstream under the header the provider documents (OpenAI:
 # X-Client-Request-Id), else as a plain x-request-id; the provider's own id for the attempt log
 # line is read from these answer headers, first found wins.
@@ -159,8 +158,9 @@ class Upstream:
             key = getattr(state.config, "api_key", "") if state is not None else ""
             extra["error_code"] = error.code
             extra["error"] = scrub(error.provider_message or error.message, (key,))
-        log.info("upstream", provider=provider, model=model, path=path, status=status,
-                 outcome=outcome, duration_ms=round(seconds * 1000, 2), **extra)
+        info_line("upstream", {"provider": provider, "model": model, "path": path,
+                               "status": status, "outcome": outcome,
+                               "duration_ms": round(seconds * 1000, 2), **extra})
 
 
 class Place:

@@ -157,3 +157,36 @@ def test_a_line_with_no_loop_or_from_another_thread_is_written_at_once(
     thread.start()
     thread.join()
     assert json.loads(writes.getvalue().splitlines()[-1])["event"] == "from_a_thread"
+
+
+def test_info_line_writes_what_structlog_writes_and_yields_to_capture_logs(
+        lines: Any) -> None:
+    from imagegate.proxy.logs import info_line
+    from structlog.testing import capture_logs
+
+    register({"sk-configured-secret-42"})
+    fields = {"provider": "openai", "status": 200, "detail": "sk-configured-secret-42",
+              "blob": "QUJD" * 100}
+    structlog.get_logger("t").info("upstream", **fields)
+    info_line("upstream", dict(fields))
+    with capture_logs() as captured:  # structlog reconfigured elsewhere: the line goes there
+        info_line("upstream", {"status": 201})
+    info_line("upstream", {"status": 202})
+    got = lines()
+    for line in got:
+        line.pop("timestamp")
+    assert got[0] == got[1] and got[0]["detail"] == "[redacted]" and "QUJD" not in str(got[0])
+    assert [e["status"] for e in got] == [200, 200, 202]
+    assert captured == [{"status": 201, "event": "upstream", "log_level": "info"}]
+
+
+def test_info_line_keeps_to_the_configured_level() -> None:
+    from imagegate.proxy.logs import info_line
+    out = io.BytesIO()
+    configure_logging("warning", file=out, cache=False, capture_warnings=False)
+    try:
+        info_line("request", {"status": 200})
+        structlog.get_logger("t").warning("flood")
+        assert [json.loads(line)["event"] for line in out.getvalue().splitlines()] == ["flood"]
+    finally:
+        unconfigure_logging()
