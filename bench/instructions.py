@@ -1,0 +1,128 @@
+"""CPU instructions per passthrough request, gateway and bare forwarder, counted by valgrind's
+callgrind: the figure that tracks CPU time and that neither the machine's load nor the sampling
+of a profiler moves (two runs agree to about 0.5 %).
+
+Each side runs under callgrind twice, over FEW and then MANY requests at 64 connections (the
+load of bench/run.py); the difference over the difference in requests is the per-request count,
+start-up, warm-up and shut-down cancelled out. Instructions in the kernel (system calls) are not
+counted: a saved write or random read shows in bench/run.py's CPU time, not here. Takes about
+four minutes (valgrind runs Python some 50 times slower).
+
+    python bench/instructions.py            # instructions per request and their ratio
+    python bench/instructions.py --top 30   # and the C functions (the interpreter's included)
+                                            # where the gateway's extra instructions go
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import calls  # noqa: E402 (the bare forwarder's script and the load)
+import run as bench  # noqa: E402 (the bench's upstream and config)
+
+FEW, MANY = 200, 1200
+
+
+def counted(which: str, upstream: int, tmp: Path, count: int,
+            procs: list[subprocess.Popen[Any]]) -> Path:
+    """Runs one side under callgrind for `count` requests; the path of its callgrind file."""
+    out = tmp / f"{which}-{count}.callgrind"
+    grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    log = (tmp / f"{which}.log").open("wb")
+    if which == "bare":
+        script = tmp / "bare.py"
+        script.write_text(calls.BARE)
+        proc = subprocess.Popen([*grind, sys.executable, str(script),
+                                 f"http://127.0.0.1:{upstream}",
+                                 str(Path(__file__).resolve().parent)],
+                                stdout=subprocess.PIPE, stderr=log, text=True)
+        procs.append(proc)
+        port = int(proc.stdout.readline()) if proc.stdout else 0
+    else:
+        port = bench.free_port()
+        config = bench.write_config(tmp, upstream)
+        proc = subprocess.Popen([*grind, sys.executable, "-m", "imagegate", "serve", "--config",
+                                 str(config), "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=bench.REPO, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        deadline = time.monotonic() + 300
+        while not bench.healthy(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not come up under callgrind")
+            time.sleep(0.2)
+    tally = asyncio.run(calls._load(port, count))
+    if tally.errors:
+        raise RuntimeError(f"{which}: {tally.errors} errors ({tally.first_error})")
+    proc.send_signal(signal.SIGTERM)  # a clean stop: callgrind writes its file at exit
+    proc.wait(timeout=300)
+    log.close()
+    return out
+
+
+def total(path: Path) -> int:
+    found = re.search(r"^(?:summary|totals): (\d+)", path.read_text(), re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no instruction total in {path}")
+    return int(found.group(1))
+
+
+def by_function(path: Path) -> dict[str, int]:
+    """Instructions by C function (self cost), from callgrind_annotate."""
+    text = subprocess.run(["callgrind_annotate", "--threshold=100", str(path)],
+                          capture_output=True, text=True, check=True).stdout
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(\S.*)$", line)
+        if m and "PROGRAM TOTALS" not in line:
+            name = re.sub(r"^/tmp/python-build[^ ]*?/Python-[\d.]+/", "", m.group(2).split(" [")[0])
+            found[name] = found.get(name, 0) + int(m.group(1).replace(",", ""))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--top", type=int, default=0,
+                        help="list the N C functions where the gateway spends most more")
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    procs: list[subprocess.Popen[Any]] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            upstream = bench.start_upstream(procs)
+            files = {(w, n): counted(w, upstream, Path(tmp), n, procs)
+                     for w in ("gateway", "bare") for n in (FEW, MANY)}
+            per = {w: (total(files[w, MANY]) - total(files[w, FEW])) / (MANY - FEW)
+                   for w in ("gateway", "bare")}
+            print(f"instructions per passthrough request: gateway {per['gateway'] / 1e6:.3f}M, "
+                  f"bare forwarder {per['bare'] / 1e6:.3f}M, ratio "
+                  f"{per['gateway'] / per['bare']:.3f}")
+            if args.top:
+                side = {}
+                for w in ("gateway", "bare"):
+                    few, many = by_function(files[w, FEW]), by_function(files[w, MANY])
+                    side[w] = {k: (many.get(k, 0) - few.get(k, 0)) / (MANY - FEW)
+                               for k in set(few) | set(many)}
+                extra = sorted(((side["gateway"].get(k, 0) - side["bare"].get(k, 0), k)
+                                for k in set(side["gateway"]) | set(side["bare"])), reverse=True)
+                for more, name in extra[:args.top]:
+                    print(f"{more:10.0f}  {name}")
+    finally:
+        for proc in procs:
+            bench.stop(proc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
