@@ -106,7 +106,7 @@ class _LoopValue:
     def __init__(self, value: float) -> None:
         self._value, self._exemplar = value, None
 
-    def inc(self, amount: float) -> None:
+    def inc(self, amount: float = 1) -> None:  # also a counter child's fast path itself
         self._value += amount
 
     def set(self, value: float, timestamp: float | None = None) -> None:
@@ -166,7 +166,8 @@ def _fast(family: Any, child: Any) -> Any:
     prometheus_client without these internals gets its public methods."""
     try:
         if isinstance(family, Counter):
-            return _Count(child)
+            value = child._value = _unlocked(child._value)
+            return value if isinstance(value, _LoopValue) else _Count(child)
         if isinstance(family, Histogram):
             return _Observe(child)
     except AttributeError:
