@@ -185,11 +185,13 @@ class LineWriter:
             self.flush()
         self._pending.append(line)
         self._size += len(line)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (start-up, shut-down, the CLI): now, with any left over
+            self.flush()
+            return
         if len(self._pending) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop: start-up, shut-down, the CLI
-                self.flush()
+            loop.call_soon(self.flush)
 
     def now(self, message: bytes) -> None:
         if self._pending and threading.get_ident() == self._thread:

@@ -190,3 +190,20 @@ def test_info_line_keeps_to_the_configured_level() -> None:
         assert [json.loads(line)["event"] for line in out.getvalue().splitlines()] == ["flood"]
     finally:
         unconfigure_logging()
+
+
+def test_lines_left_by_a_stopped_loop_go_out_with_the_next_line(writes: _Writes) -> None:
+    import asyncio
+    log = structlog.get_logger("t")
+
+    async def last_words() -> None:
+        log.info("request", n=1)  # its turn's flush never runs: the loop stops first
+        asyncio.get_running_loop().stop()
+
+    loop = asyncio.new_event_loop()
+    loop.create_task(last_words())
+    loop.run_forever()
+    loop.close()
+    log.info("shutdown")  # no loop now: written at once, after what was pending
+    assert [json.loads(line)["event"] for line in writes.getvalue().splitlines()] == [
+        "request", "shutdown"]
