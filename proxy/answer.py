@@ -1,14 +1,12 @@
 """What an attempt at one route gives back: the client's response and what it delivered."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import msgspec
 from aiohttp import web
 from imagegate.config.api import Usage
 
 
-@dataclass
-class Answer:
+class Answer(msgspec.Struct):
     response: web.StreamResponse
     images: int  # delivered to the client
     usage: Usage | None = None

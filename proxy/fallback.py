@@ -4,9 +4,9 @@ Which failures are the provider's (and so move on) is routing's rule, `provider_
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+import msgspec
 from imagegate.config.errors import GatewayError
 from imagegate.proxy.routing import provider_failed
 
@@ -51,8 +51,7 @@ class Health(Protocol[R_in]):
     def release(self, routes: Iterable[R_in], /) -> None: ...  # attempts that got no verdict
 
 
-@dataclass(frozen=True)
-class Served(Generic[R, T]):
+class Served(msgspec.Struct, Generic[R, T], frozen=True):
     result: T
     route: R
     attempts: int  # routes actually called, this one included

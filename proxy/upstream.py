@@ -5,10 +5,10 @@ import asyncio
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import msgspec
 from imagegate.adapters import ADAPTERS
 from imagegate.adapters.base import Adapter, safe_message
 from imagegate.config.errors import GatewayError
@@ -62,8 +62,7 @@ def outcome_of(status: int) -> str:
     return "client_error" if status < 500 else "server_error"
 
 
-@dataclass
-class Slot:
+class Slot(msgspec.Struct):
     """How one attempt ended, for its log line and metrics."""
 
     status: int = 0
