@@ -75,6 +75,7 @@ class ProviderState:
     def __init__(self, name: str, config: Provider) -> None:
         self.name, self.config = name, config
         self.adapter: Adapter = ADAPTERS[config.type]
+        self.id_header = SENT_ID_HEADER.get(config.type, "x-request-id")  # once, not per call
         self.base_url = getattr(config, "base_url", "").rstrip("/")
         headers = dict(config.headers)
         api_key = getattr(config, "api_key", None)
@@ -128,7 +129,7 @@ class Upstream:
         assert self.session is not None
         state = self.providers[provider]
         ours = request_id()
-        sent = {SENT_ID_HEADER.get(state.config.type, "x-request-id"): ours} if ours else {}
+        sent = {state.id_header: ours} if ours else {}
         return Attempt(Place(self, state, model, path), self.session.request(
             method, state.base_url + path, data=data, headers={**sent, **state.headers, **headers},
             timeout=state.stream_timeout if stream else state.timeout,
