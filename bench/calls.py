@@ -48,37 +48,45 @@ asyncio.run(main())
 Counts = dict[tuple[str, int, str], int]
 
 
+def run_under(prefix: list[str], what: str, which: str, upstream: int, tmp: Path, count: int,
+              procs: list[subprocess.Popen[Any]], startup_s: float) -> None:
+    """Runs one side (the gateway, or the bare forwarder) as `prefix` + its Python arguments
+    (a profiler or valgrind, ending with the interpreter), loads it with `count` requests, then
+    stops it cleanly so the tool writes its file."""
+    with (tmp / f"{which}.log").open("wb") as log:
+        if which == "bare":
+            script = tmp / "bare.py"
+            script.write_text(BARE)
+            proc = subprocess.Popen([*prefix, str(script), f"http://127.0.0.1:{upstream}",
+                                     str(Path(__file__).resolve().parent)],
+                                    stdout=subprocess.PIPE, stderr=log, text=True)
+            procs.append(proc)
+            port = int(proc.stdout.readline()) if proc.stdout else 0
+        else:
+            port = bench.free_port()
+            config = bench.write_config(tmp, upstream)
+            proc = subprocess.Popen([*prefix, "-m", "imagegate", "serve", "--config",
+                                     str(config), "--host", "127.0.0.1", "--port", str(port)],
+                                    cwd=bench.REPO, stdout=log, stderr=subprocess.STDOUT)
+            procs.append(proc)
+            deadline = time.monotonic() + startup_s
+            while not bench.healthy(port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the gateway did not come up under {what}")
+                time.sleep(0.05)
+        tally = asyncio.run(_load(port, count))
+        if tally.errors:
+            raise RuntimeError(f"{which}: {tally.errors} errors ({tally.first_error})")
+        proc.send_signal(signal.SIGTERM)  # a clean stop: the tool writes its file at exit
+        proc.wait(timeout=startup_s * 2)
+
+
 def profiled(which: str, upstream: int, tmp: Path, count: int,
              procs: list[subprocess.Popen[Any]]) -> Counts:
     """Runs one side under cProfile for `count` requests; its calls by function."""
     out = tmp / f"{which}-{count}.prof"
-    profile = [sys.executable, "-m", "cProfile", "-o", str(out)]
-    if which == "bare":
-        script = tmp / "bare.py"
-        script.write_text(BARE)
-        proc = subprocess.Popen([*profile, str(script), f"http://127.0.0.1:{upstream}",
-                                 str(Path(__file__).resolve().parent)],
-                                stdout=subprocess.PIPE, text=True)
-        procs.append(proc)
-        port = int(proc.stdout.readline()) if proc.stdout else 0
-    else:
-        port = bench.free_port()
-        config = bench.write_config(tmp, upstream)
-        with (tmp / "gateway.log").open("wb") as log:
-            proc = subprocess.Popen([*profile, "-m", "imagegate", "serve", "--config",
-                                     str(config), "--host", "127.0.0.1", "--port", str(port)],
-                                    cwd=bench.REPO, stdout=log, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        deadline = time.monotonic() + 30
-        while not bench.healthy(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the gateway did not come up under cProfile")
-            time.sleep(0.05)
-    tally = asyncio.run(_load(port, count))
-    if tally.errors:
-        raise RuntimeError(f"{which}: {tally.errors} errors ({tally.first_error})")
-    proc.send_signal(signal.SIGTERM)  # both sides stop cleanly, so cProfile writes its file
-    proc.wait(timeout=60)
+    run_under([sys.executable, "-m", "cProfile", "-o", str(out)], "cProfile", which, upstream,
+              tmp, count, procs, startup_s=30)
     stats: Any = pstats.Stats(str(out)).stats
     return {key: value[1] for key, value in stats.items()}
 

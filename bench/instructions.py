@@ -15,14 +15,11 @@ four minutes (valgrind runs Python some 50 times slower).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,35 +34,9 @@ def counted(which: str, upstream: int, tmp: Path, count: int,
             procs: list[subprocess.Popen[Any]]) -> Path:
     """Runs one side under callgrind for `count` requests; the path of its callgrind file."""
     out = tmp / f"{which}-{count}.callgrind"
-    grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-    log = (tmp / f"{which}.log").open("wb")
-    if which == "bare":
-        script = tmp / "bare.py"
-        script.write_text(calls.BARE)
-        proc = subprocess.Popen([*grind, sys.executable, str(script),
-                                 f"http://127.0.0.1:{upstream}",
-                                 str(Path(__file__).resolve().parent)],
-                                stdout=subprocess.PIPE, stderr=log, text=True)
-        procs.append(proc)
-        port = int(proc.stdout.readline()) if proc.stdout else 0
-    else:
-        port = bench.free_port()
-        config = bench.write_config(tmp, upstream)
-        proc = subprocess.Popen([*grind, sys.executable, "-m", "imagegate", "serve", "--config",
-                                 str(config), "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=bench.REPO, stdout=log, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        deadline = time.monotonic() + 300
-        while not bench.healthy(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the gateway did not come up under callgrind")
-            time.sleep(0.2)
-    tally = asyncio.run(calls._load(port, count))
-    if tally.errors:
-        raise RuntimeError(f"{which}: {tally.errors} errors ({tally.first_error})")
-    proc.send_signal(signal.SIGTERM)  # a clean stop: callgrind writes its file at exit
-    proc.wait(timeout=300)
-    log.close()
+    calls.run_under(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                     sys.executable], "callgrind", which, upstream, tmp, count, procs,
+                    startup_s=300)
     return out
 
 
