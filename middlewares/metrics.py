@@ -131,12 +131,12 @@ class _Count:
     """A counter child's increment without the checks prometheus_client repeats on every call
     (is it a labelled parent? is the amount negative?): here the labels are fixed at creation
     and every amount counts something delivered. Writes the child's own value, so scrapes and
-    multiprocess files see exactly what Counter.inc would have written."""
+    multiprocess files see exactly what Counter.inc would have written. (A single-process
+    child needs not even this: _fast hands out its lock-free value itself.)"""
 
     __slots__ = ("_add",)
 
     def __init__(self, child: Counter) -> None:
-        child._value = _unlocked(child._value)
         self._add = child._value.inc
 
     def inc(self, amount: float = 1) -> None:

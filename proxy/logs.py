@@ -215,8 +215,7 @@ Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]
 
 class _Current:
     writer: LineWriter | None = None
-    chain: tuple[Processor, ...] = ()  # the configured processors, while info lines are on
-    chain_list: list[Processor] = []
+    chain: list[Processor] = []  # the configured processors (a copy of structlog's list)
     info_on = False
 
 
@@ -233,7 +232,7 @@ def info_line(event: str, fields: dict[str, Any]) -> None:
     than rendering the line. Before configure_logging (or after a reset), structlog as is."""
     writer = _Current.writer
     if writer is None or _STRUCTLOG_CONFIG is None \
-            or _STRUCTLOG_CONFIG.default_processors != _Current.chain_list:
+            or _STRUCTLOG_CONFIG.default_processors != _Current.chain:
         structlog.get_logger().info(event, **fields)
         return
     if not _Current.info_on:
@@ -263,15 +262,15 @@ def configure_logging(level: str = "info", *, file: BinaryIO | None = None,
                       capture_warnings: bool = True) -> None:
     """structlog once per process: JSON lines (bytes all the way), and the stdlib's loggers
     sent through it."""
-    chain = (_prepare(limiter or RateLimiter()),
-             structlog.processors.JSONRenderer(serializer=render_line))
+    chain: list[Processor] = [_prepare(limiter or RateLimiter()),
+                              structlog.processors.JSONRenderer(serializer=render_line)]
     structlog.configure(
-        processors=list(chain),
+        processors=chain,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=_writer_factory(file),
         cache_logger_on_first_use=cache,
     )
-    _Current.chain, _Current.chain_list = chain, list(chain)
+    _Current.chain = list(chain)  # structlog's own list may be changed in place
     _Current.info_on = LEVELS[level] <= logging.INFO
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -287,7 +286,7 @@ def unconfigure_logging() -> None:
     if _Current.writer is not None:
         _Current.writer.flush()
         _Current.writer = None
-    _Current.chain, _Current.chain_list, _Current.info_on = (), [], False
+    _Current.chain, _Current.info_on = [], False
     structlog.reset_defaults()
     root = logging.getLogger()
     for handler in list(root.handlers):
