@@ -229,9 +229,7 @@ class Attempt:
         try:
             resp = await self.request
         except BaseException as exc:
-            mapped = self._leave(exc)
-            if mapped is not exc and mapped is not None:
-                raise mapped from exc
+            self._leave(exc)
             raise
         status = resp.status
         slot.status, slot.outcome = status, outcome_of(status)
@@ -256,23 +254,23 @@ class Attempt:
         try:
             await call.response.__aexit__(kind, exc, tb)
         except BaseException as failed:  # releasing failed: that failure is the one seen
-            mapped = self._leave(failed)
-            if mapped is not failed and mapped is not None:
-                raise mapped from failed
+            self._leave(failed)
             raise
-        mapped = self._leave(exc)
-        if mapped is not exc and mapped is not None:
-            raise mapped from exc
+        self._leave(exc)
 
-    def _leave(self, exc: BaseException | None) -> BaseException | None:
-        """Leaves the place; a timeout or a connection failure becomes the gateway's error."""
-        mapped = exc
+    def _leave(self, exc: BaseException | None) -> None:
+        """Leaves the place with how the call ended. A timeout or a connection failure is
+        raised as the gateway's error for the provider (from the original); with anything
+        else the caller's own exception goes on."""
+        name = self.place.state.name
         if isinstance(exc, TimeoutError):
-            mapped = GatewayError("upstream_timeout",
-                                  f"The provider '{self.place.state.name}' timed out.")
+            error = GatewayError("upstream_timeout", f"The provider '{name}' timed out.")
         elif isinstance(exc, aiohttp.ClientError):
-            mapped = GatewayError("upstream_unavailable", f"The provider "
-                                  f"'{self.place.state.name}' could not be reached.")
-        self.place.leave(mapped)
-        return mapped
+            error = GatewayError("upstream_unavailable",
+                                 f"The provider '{name}' could not be reached.")
+        else:
+            self.place.leave(exc)
+            return
+        self.place.leave(error)
+        raise error from exc
 
