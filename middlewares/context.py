@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import os
 import re
@@ -70,8 +71,36 @@ def context_middleware(line: Line = _structlog_line
             raise
         finally:
             line("request", _access_fields(request, record, status, started, response))
+            if record.held_bytes >= COLLECT_AFTER_BYTES:
+                _Heap.collect_soon()
 
     return context_mw
+
+
+COLLECT_AFTER_BYTES = 4 * 1024 * 1024
+
+
+class _Heap:
+    """A request that held megabytes of images ends with a full garbage collection, on the
+    loop's next turn (its exceptions have been handled by then). A failed download or a
+    cancelled attempt leaves reference cycles (exception, traceback, frame; aiohttp's timers
+    and tasks) that can hold its image bytes, and the server collects the young generation
+    only every 10,000 allocations (proxy/cli.py): without this, that garbage could outlive the
+    request by several more and push peak RSS past request_budget_bytes. A collection takes
+    about a millisecond; such a request, tens to hundreds."""
+
+    pending = False
+
+    @classmethod
+    def collect_soon(cls) -> None:
+        if not cls.pending:
+            cls.pending = True
+            asyncio.get_running_loop().call_soon(cls._collect)
+
+    @classmethod
+    def _collect(cls) -> None:
+        cls.pending = False
+        gc.collect()
 
 
 def _access_fields(request: web.Request, record: Record, status: int, started: float,

@@ -68,6 +68,7 @@ class Record(msgspec.Struct):
     cost_usd: float | None = None  # middlewares/ratelimit.py: when the route has a price
     usage_headers: dict[str, str] | None = None  # ratelimit: x-ratelimit-*, budget, cost
     idempotency: str | None = None  # middlewares/exactly_once.py: first | replayed | coalesced
+    held_bytes: int = 0  # proxy/budget.py: the most image bytes it held (or asked to)
 
 
 RECORD = web.RequestKey("record", Record)

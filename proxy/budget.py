@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 from imagegate.config.errors import GatewayError
+from imagegate.middlewares.keys import Record
 
 # what a provider body holds per input byte while it is built: the base64 text and the JSON
 # bytes it is encoded into (4/3 each)
@@ -11,11 +12,17 @@ BODY_BYTES_PER_INPUT_BYTE = 8 / 3
 
 
 class Budget:
-    def __init__(self, limit: int) -> None:
+    """`record`: the request's, whose held_bytes tells the context middleware that the request
+    held enough to collect its cyclic garbage at once (middlewares/context.py)."""
+
+    def __init__(self, limit: int, record: Record | None = None) -> None:
         self.limit, self.used = limit, 0
+        self.record = record if record is not None else Record()
 
     def take(self, size: int, what: str) -> None:
-        """Holds `size` more bytes for the rest of the request, or refuses it."""
+        """Holds `size` more bytes for the rest of the request, or refuses it (a refused take
+        counts too: what was read before it is garbage now, and large)."""
+        self.record.held_bytes = self.used + size
         self.check(size, what)
         self.used += size
 

@@ -14,7 +14,7 @@ from imagegate.config.api import ImageEditForm, ImageEditJSONRequest, ImageURL
 from imagegate.config.errors import GatewayError
 from imagegate.config.images import InputImage
 from imagegate.middlewares.forms import FileCheck, Form, collect_files
-from imagegate.middlewares.keys import ParsedRequest
+from imagegate.middlewares.keys import ParsedRequest, record_of
 from imagegate.middlewares.parse import apply_defaults, parse_form_fields
 from imagegate.proxy import passthrough
 from imagegate.proxy.answer import Answer
@@ -59,7 +59,8 @@ class Job:
         self.gw, self.request, self.parsed = gw, request, parsed
         self.public_model = parsed.public_model
         self.stream = parsed.stream
-        self.budget = request[BUDGET] = Budget(gw.config.server.request_budget_bytes)
+        self.budget = request[BUDGET] = Budget(gw.config.server.request_budget_bytes,
+                                               record_of(request))
 
     @property
     def replayable(self) -> bool:

@@ -104,3 +104,47 @@ def test_request_ids_are_unique_in_a_process_and_across_a_fork() -> None:
         theirs = child.read().split("\n")
     os.waitpid(pid, 0)
     assert len(theirs) == 1000 and not set(theirs) & set(ours + [new_request_id()])
+
+
+async def test_a_request_that_held_megabytes_leaves_no_cyclic_garbage(aiohttp_client: Any
+                                                                      ) -> None:
+    """The server collects the young generation rarely (proxy/cli.py): a request that held
+    images worth megabytes has its reference cycles (a failed download's exception, traceback
+    and frames) collected as it ends, not whenever the next threshold comes."""
+    import asyncio
+    import gc
+    import weakref
+
+    from imagegate.middlewares.context import COLLECT_AFTER_BYTES
+
+    class Held:  # what a failed download's frames keep: its bytes, in a cycle
+        def __init__(self) -> None:
+            self.data = bytes(1024)
+            self.me = self
+
+    left: dict[str, Any] = {}
+
+    async def handler(request: web.Request) -> web.Response:
+        held = Held()
+        left[request.query["size"]] = weakref.ref(held)
+        record_of(request).held_bytes = int(request.query["size"])
+        return web.Response(text="ok")
+
+    client = await aiohttp_client(inline(context_middleware(), handler=handler))
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.disable()
+    try:
+        with capture_logs():
+            assert (await client.get("/x", params={"size": "100"})).status == 200
+            for _ in range(3):
+                await asyncio.sleep(0)
+            assert left["100"]() is not None  # a small request's garbage waits for the GC
+            assert (await client.get("/x", params={"size": str(COLLECT_AFTER_BYTES)})).status == 200
+            for _ in range(3):
+                await asyncio.sleep(0)
+        assert left[str(COLLECT_AFTER_BYTES)]() is None  # collected as its request ended
+        assert left["100"]() is None  # the same collection took the small one's too
+    finally:
+        gc.enable()
+        gc.set_threshold(*thresholds)
