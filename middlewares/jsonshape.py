@@ -45,10 +45,11 @@ def check_json_shape(raw: bytes) -> None:
 def _flat_and_unique(raw: bytes) -> bool:
     """True for a small object with no nesting and no repeated (plain) key: the common case,
     decided by one tokenising pass in C. Anything else takes the full scan."""
-    if len(raw) > FLAT_SCAN_BYTES or raw.count(b"{") != 1 or b"[" in raw:
+    # find, not `in`: Python 3.11's bytes `in` raises and clears a TypeError first (redact.py)
+    if len(raw) > FLAT_SCAN_BYTES or raw.count(b"{") != 1 or raw.find(b"[") >= 0:
         return False
     keys = [t for t in _STRING.findall(raw) if t[-1] == 0x3A]  # b":"
-    return b"\\" not in b"".join(keys) and len(set(
+    return b"".join(keys).find(b"\\") < 0 and len(set(
         k.rstrip(b": \t\r\n") for k in keys)) == len(keys)
 
 
