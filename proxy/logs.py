@@ -73,7 +73,8 @@ def iso_timestamp(logger: Any, method: str, event: MutableMapping[str, Any]
     if second != _Second.second:
         _Second.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _Second.second = second
-    event["timestamp"] = f"{_Second.text}.{int((now - second) * 1e6):06d}Z"
+    # %-formatting: an f-string's {:06d} goes through int.__format__, at about 3x the cost
+    event["timestamp"] = "%s.%06dZ" % (_Second.text, int((now - second) * 1e6))  # noqa: UP031
     return event
 
 
@@ -154,7 +155,7 @@ def _prepare(limiter: RateLimiter) -> Callable[[Any, str, MutableMapping[str, An
         if method in WARNING_OR_WORSE:  # the limiter's own test, saving info lines a call
             event = limiter(logger, method, event)
         event = iso_timestamp(logger, method, event)
-        return _exc_info(logger, method, event)
+        return _exc_info(logger, method, event) if "exc_info" in event else event
 
     return prepare
 

@@ -17,11 +17,14 @@ from imagegate.middlewares.keys import REQUEST_ID_VAR
 from imagegate.middlewares.metrics import Metrics
 from imagegate.proxy.logs import info_line
 
+from imagegate import __version__
+
 # The gateway's request id goes upstream under the header the provider documents (OpenAI:
 # X-Client-Request-Id), else as a plain x-request-id; the provider's own id for the attempt log
 # line is read from these answer headers, first found wins.
 SENT_ID_HEADER = {"openai": "X-Client-Request-Id"}
 ANSWER_ID_HEADERS = ("x-request-id", "request-id")
+USER_AGENT = f"imagegate/{__version__}"
 
 
 _SECRETS = re.compile(r"\b(?:sk|ig|key)-[^\s'\"]+|Bearer\s+\S+", re.IGNORECASE)
@@ -109,10 +112,12 @@ class Upstream:
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-        # answers are relayed or decoded as they come: ask for them uncompressed
+        # answers are relayed or decoded as they come: ask for them uncompressed. The gateway
+        # names itself (not aiohttp's Python version); a User-Agent given here instead of
+        # skip_auto_headers, which aiohttp turns into a sorted header set on every request
         self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
-            headers={"Accept-Encoding": "identity"},
+            connector=connector, auto_decompress=False,
+            headers={"Accept-Encoding": "identity", "User-Agent": USER_AGENT},
         )
 
     async def close(self) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 import aiohttp
 from structlog.testing import capture_logs
 
+import imagegate
 from tests.conftest import make_config
 from tests.e2e.test_routing import two_upstreams
 from tests.upstreams import openai as openai_mock
@@ -22,6 +23,8 @@ async def test_the_request_id_goes_upstream_and_the_upstream_id_is_logged(
     assert resp.status == 200 and resp.headers["x-request-id"] == "trace-me-42"
     assert first.last.headers["X-Client-Request-Id"] == "trace-me-42"  # OpenAI's header
     assert second.last.headers["X-Client-Request-Id"] == "trace-me-42"
+    # the gateway names itself upstream, not the Python and aiohttp versions it runs on
+    assert second.last.headers["User-Agent"] == f"imagegate/{imagegate.__version__}"
     attempts = [e for e in logs if e["event"] == "upstream"]
     assert [a["provider"] for a in attempts] == ["primary", "backup"]
     failed, served = attempts
