@@ -181,11 +181,11 @@ class LineWriter:
         if threading.get_ident() != self._thread:
             self.now(message)
             return
-        line = message + b"\n"
-        if self._size + len(line) > LINES_PER_WRITE_BYTES and self._pending:
+        size = len(message) + 1  # and its newline, added when the lines are joined
+        if self._size + size > LINES_PER_WRITE_BYTES and self._pending:
             self.flush()
-        self._pending.append(line)
-        self._size += len(line)
+        self._pending.append(message)
+        self._size += size
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (start-up, shut-down, the CLI): now, with any left over
@@ -204,7 +204,8 @@ class LineWriter:
         if not self._pending:
             return
         lines, self._pending, self._size = self._pending, [], 0
-        self._file.write(b"".join(lines))
+        lines.append(b"")  # the last line's newline
+        self._file.write(b"\n".join(lines))
         self._file.flush()
 
     debug = msg = info
@@ -217,6 +218,8 @@ Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]
 class _Current:
     writer: LineWriter | None = None
     chain: list[Processor] = []  # the configured processors (a copy of structlog's list)
+    prepare: Processor = staticmethod(lambda logger, method, event: event)  # chain[0]
+    default: Callable[[Any], Any] = staticmethod(repr)  # the renderer's fallback encoder
     info_on = False
 
 
@@ -239,10 +242,9 @@ def info_line(event: str, fields: dict[str, Any]) -> None:
     if not _Current.info_on:
         return
     fields["event"] = event
-    line: Any = fields
-    for processor in _Current.chain:
-        line = processor(None, "info", line)
-    writer.info(line)
+    # the chain is [prepare, JSONRenderer(serializer=render_line)]: its two steps called here
+    # directly, as the renderer calls its serializer (with structlog's fallback encoder)
+    writer.info(render_line(_Current.prepare(None, "info", fields), _Current.default))
 
 
 @atexit.register
@@ -272,6 +274,8 @@ def configure_logging(level: str = "info", *, file: BinaryIO | None = None,
         cache_logger_on_first_use=cache,
     )
     _Current.chain = list(chain)  # structlog's own list may be changed in place
+    _Current.prepare = chain[0]
+    _Current.default = getattr(chain[1], "_dumps_kw", {}).get("default", repr)
     _Current.info_on = LEVELS[level] <= logging.INFO
     root = logging.getLogger()
     for handler in list(root.handlers):
