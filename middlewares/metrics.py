@@ -84,6 +84,29 @@ class Metrics:
             found = self._children[key] = _fast(family, family.labels(*labels))
         return found
 
+    def add(self, family: Any, *labels: str, amount: float = 1) -> None:
+        """A counter child += amount in one call: `child(...).inc(amount)`, where in one
+        process the value is written directly (a call per update is most of its cost)."""
+        found = self._children.get((family, *labels))
+        if found is None:
+            found = self.child(family, *labels)
+        if type(found) is _LoopValue:
+            found._value += amount
+        else:
+            found.inc(amount)
+
+    def observe(self, family: Any, *labels: str, amount: float) -> None:
+        """A histogram child's observe in one call (the sum and the one bucket written
+        directly in one process)."""
+        found = self._children.get((family, *labels))
+        if found is None:
+            found = self.child(family, *labels)
+        if type(found) is _Observe and found.direct:
+            found.sum_value._value += amount
+            found.values[bisect_left(found.bounds, amount)]._value += 1
+        else:
+            found.observe(amount)
+
     def forget(self, family: Any, *labels: str) -> None:
         """Drops a series whose labels no longer name anything configured."""
         if self._children.pop((family, *labels), None) is not None:
@@ -91,8 +114,8 @@ class Metrics:
 
     def observe_request(self, endpoint: str, model: str, key: str, status: int,
                         seconds: float) -> None:
-        self.child(self.requests, endpoint, model, key, str(status)).inc()
-        self.child(self.duration, endpoint, model).observe(seconds)
+        self.add(self.requests, endpoint, model, key, str(status))
+        self.observe(self.duration, endpoint, model, amount=seconds)
 
 
 class _LoopValue:
@@ -147,18 +170,20 @@ class _Observe:
     """A histogram child's observe: the sum and the one bucket, the bucket found by bisection
     (prometheus_client walks the bounds in Python), the same values written."""
 
-    __slots__ = ("_add_sum", "_bounds", "_buckets")
+    __slots__ = ("_add_sum", "bounds", "_buckets", "sum_value", "values", "direct")
 
     def __init__(self, child: Histogram) -> None:
-        child._sum = _unlocked(child._sum)
+        child._sum = self.sum_value = _unlocked(child._sum)
         child._buckets = [_unlocked(b) for b in child._buckets]
+        self.values = tuple(child._buckets)
+        self.direct = type(self.sum_value) is _LoopValue  # Metrics.observe writes them itself
         self._add_sum = child._sum.inc
-        self._bounds = tuple(child._upper_bounds)  # ends with +Inf: every amount has a bucket
+        self.bounds = tuple(child._upper_bounds)  # ends with +Inf: every amount has a bucket
         self._buckets = tuple(b.inc for b in child._buckets)
 
     def observe(self, amount: float) -> None:
         self._add_sum(amount)
-        self._buckets[bisect_left(self._bounds, amount)](1)
+        self._buckets[bisect_left(self.bounds, amount)](1)
 
 
 def _fast(family: Any, child: Any) -> Any:
@@ -185,14 +210,25 @@ def gauge_adder(gauge: Gauge) -> Callable[[float], None]:
     return add
 
 
+_ENDPOINTS: dict[Any, str] = {}  # route -> its canonical path (two properties fewer a request)
+
+
 def _endpoint(request: web.Request) -> str:
     route = request.match_info.route
-    resource = route.resource
-    return resource.canonical if resource is not None else "unmatched"
+    found = _ENDPOINTS.get(route)
+    if found is None:
+        resource = route.resource
+        found = resource.canonical if resource is not None else "unmatched"
+        if len(_ENDPOINTS) < 256:  # routes are few; a bound whatever aiohttp hands over
+            _ENDPOINTS[route] = found
+    return found
 
 
 def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamResponse]]:
     add_in_flight = gauge_adder(metrics.in_flight)
+    in_flight: Any = getattr(metrics.in_flight, "_value", None)  # written directly in one process
+    if type(in_flight) is not _LoopValue:
+        in_flight = None
 
     @web.middleware
     async def metrics_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -200,7 +236,10 @@ def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRe
         status = 499
         counted = request.path != SCRAPE_PATH
         if counted:
-            add_in_flight(1)
+            if in_flight is not None:
+                in_flight._value += 1
+            else:
+                add_in_flight(1)
         try:
             response = await handler(request)
             status = response.status
@@ -212,7 +251,10 @@ def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRe
             raise
         finally:
             if counted:
-                add_in_flight(-1)
+                if in_flight is not None:
+                    in_flight._value -= 1
+                else:
+                    add_in_flight(-1)
             record = record_of(request)
             key = record.key_id or NONE
             metrics.observe_request(
@@ -221,6 +263,6 @@ def metrics_middleware(metrics: Metrics) -> Callable[..., Awaitable[web.StreamRe
             )
             outcome = record.outcome
             if outcome is not None and outcome.images:
-                metrics.child(metrics.key_images, key).inc(outcome.images)
+                metrics.add(metrics.key_images, key, amount=outcome.images)
 
     return metrics_mw

@@ -112,7 +112,7 @@ def record_cost(request: web.Request, metrics: Metrics) -> float | None:
         metrics.child(metrics.unpriced, model, outcome.provider).inc()
         return None
     record.cost_usd = cost
-    metrics.child(metrics.cost, record.key_id or ANONYMOUS, model, outcome.provider).inc(cost)
+    metrics.add(metrics.cost, record.key_id or ANONYMOUS, model, outcome.provider, amount=cost)
     return cost
 
 

@@ -87,11 +87,11 @@ class Gateway:
 
     def count_images(self, model: str, provider: str, count: int, usage: Usage | None) -> None:
         m = self.metrics
-        m.child(m.images, model, provider).inc(count)
+        m.add(m.images, model, provider, amount=count)
         if usage is not None:
             for kind, value in (("input", usage.input_tokens), ("output", usage.output_tokens)):
                 if value:
-                    m.child(m.tokens, model, provider, kind).inc(value)
+                    m.add(m.tokens, model, provider, kind, amount=value)
 
     async def check_ready(self) -> tuple[bool, list[str]]:
         """(ready, the parts that are down). With `state.on_redis_error: open` a Redis outage

@@ -153,8 +153,8 @@ class Upstream:
         the provider's own request id (what its support desk asks for) and, when it failed,
         the error code and the provider's message made safe (no secrets, no base64)."""
         m = self.metrics
-        m.child(m.upstream, provider, model, outcome).inc()
-        m.child(m.upstream_duration, provider, model).observe(seconds)
+        m.add(m.upstream, provider, model, outcome)
+        m.observe(m.upstream_duration, provider, model, amount=seconds)
         extra: dict[str, Any] = {}
         if upstream_id:
             extra["upstream_request_id"] = safe_message(upstream_id, 128)
