@@ -103,6 +103,12 @@ class _Heap:
         gc.collect()
 
 
+def milliseconds(seconds: float) -> float:
+    """A duration in ms to 0.01 ms for the logs (round(x, 2) takes the slow, exactly rounded
+    path through a decimal string: 2.5x the cost)."""
+    return int(seconds * 100_000 + 0.5) / 100
+
+
 def _access_fields(request: web.Request, record: Record, status: int, started: float,
                    response: web.StreamResponse | None) -> dict[str, Any]:
     bytes_out = 0
@@ -118,7 +124,7 @@ def _access_fields(request: web.Request, record: Record, status: int, started: f
         "method": request.method,
         "path": request.path,
         "status": status,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "duration_ms": milliseconds(time.perf_counter() - started),
         "key": record.key_id,
         "model": record.model,
         "provider": outcome.provider if outcome is not None else None,

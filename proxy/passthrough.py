@@ -85,7 +85,8 @@ def images_in(body: bytes) -> int:
         if end < 0:
             break
         pos = end + 1
-        if end - start - 1 <= 8 and body[start + 1:end] in IMAGE_NAMES \
+        length = end - start - 1  # only a string as long as a name is sliced and compared
+        if (length == 8 or length == 3) and body[start + 1:end] in IMAGE_NAMES \
                 and body[pos:pos + 16].lstrip()[:1] == b":":
             count += 1
     return count

@@ -13,6 +13,7 @@ from imagegate.adapters import ADAPTERS
 from imagegate.adapters.base import Adapter, safe_message
 from imagegate.config.errors import GatewayError
 from imagegate.config.schema import Config, Provider
+from imagegate.middlewares.context import milliseconds
 from imagegate.middlewares.keys import REQUEST_ID_VAR
 from imagegate.middlewares.metrics import Metrics
 from imagegate.proxy.logs import info_line
@@ -165,7 +166,7 @@ class Upstream:
             extra["error"] = scrub(error.provider_message or error.message, (key,))
         info_line("upstream", {"provider": provider, "model": model, "path": path,
                                "status": status, "outcome": outcome,
-                               "duration_ms": round(seconds * 1000, 2), **extra})
+                               "duration_ms": milliseconds(seconds), **extra})
 
 
 class Place:
