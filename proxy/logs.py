@@ -176,6 +176,7 @@ class LineWriter:
         self._pending: list[bytes] = []
         self._size = 0
         self._thread = threading.get_ident()
+        self._flusher: asyncio.AbstractEventLoop | None = None  # the loop a flush is due on
 
     def info(self, message: bytes) -> None:
         if threading.get_ident() != self._thread:
@@ -186,13 +187,16 @@ class LineWriter:
             self.flush()
         self._pending.append(message)
         self._size += size
+        flusher = self._flusher
+        if len(self._pending) > 1 and flusher is not None and flusher.is_running():
+            return  # the turn's flush is scheduled (get_running_loop costs a getpid call)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (start-up, shut-down, the CLI): now, with any left over
             self.flush()
             return
-        if len(self._pending) == 1:
-            loop.call_soon(self.flush)
+        self._flusher = loop
+        loop.call_soon(self.flush)
 
     def now(self, message: bytes) -> None:
         if self._pending and threading.get_ident() == self._thread:
