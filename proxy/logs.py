@@ -58,10 +58,12 @@ class RateLimiter:
 
 
 class _Second:
-    """The ISO text of the current UTC second, made once a second, not once a line."""
+    """The ISO text of the current UTC second (with its "."), made once a second, not once a
+    line; the microseconds from two 3-digit tables (formatting an int costs about twice)."""
 
     second = -1
     text = ""
+    digits = tuple(f"{i:03d}" for i in range(1000))
 
 
 def iso_timestamp(logger: Any, method: str, event: MutableMapping[str, Any]
@@ -71,10 +73,11 @@ def iso_timestamp(logger: Any, method: str, event: MutableMapping[str, Any]
     now = time.time()
     second = int(now)
     if second != _Second.second:
-        _Second.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _Second.text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
         _Second.second = second
-    # %-formatting: an f-string's {:06d} goes through int.__format__, at about 3x the cost
-    event["timestamp"] = "%s.%06dZ" % (_Second.text, int((now - second) * 1e6))  # noqa: UP031
+    micros = int((now - second) * 1e6)  # 0..999999: the float's fraction, truncated
+    digits = _Second.digits
+    event["timestamp"] = _Second.text + digits[micros // 1000] + digits[micros % 1000] + "Z"
     return event
 
 

@@ -207,3 +207,20 @@ def test_lines_left_by_a_stopped_loop_go_out_with_the_next_line(writes: _Writes)
     log.info("shutdown")  # no loop now: written at once, after what was pending
     assert [json.loads(line)["event"] for line in writes.getvalue().splitlines()] == [
         "request", "shutdown"]
+
+
+def test_timestamps_read_as_structlogs_iso_utc_ones() -> None:
+    from datetime import datetime
+
+    from imagegate.proxy.logs import iso_timestamp
+    from structlog.processors import TimeStamper
+
+    stamp = TimeStamper(fmt="iso", utc=True)
+    for _ in range(200):
+        ours = iso_timestamp(None, "info", {})["timestamp"]
+        theirs = stamp(None, "info", {})["timestamp"]
+        assert len(ours) == len(theirs) == len("2026-12-01T08:45:51.123456Z")
+        assert ours.endswith("Z") and ours[19] == "."
+        moment = datetime.strptime(ours, "%Y-%m-%dT%H:%M:%S.%fZ")
+        later = datetime.strptime(theirs, "%Y-%m-%dT%H:%M:%S.%fZ")
+        assert 0 <= (later - moment).total_seconds() < 0.5  # the same clock, read just after
