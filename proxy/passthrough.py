@@ -70,26 +70,41 @@ def usage_of(body: bytes) -> Usage | None:
 IMAGE_KEYS = (b'"b64_json"', b'"url"')
 
 
-IMAGE_NAMES = (b"b64_json", b"url")
+_B64_KEY, _URL_KEY = b'"b64_json"', b'"url"'
 
 
 def images_in(body: bytes) -> int:
-    """Images of an OpenAI answer body, without decoding its base64: its strings are walked
-    quote to quote (a memchr over each base64 value, not a pattern search over the whole body),
-    and a `b64_json` or `url` string followed by `:` is a key."""
-    count, pos, find = 0, 0, body.find
-    while (start := find(b'"', pos)) >= 0:
+    """Images of an OpenAI answer body, without decoding its base64: each `"b64_json"` or
+    `"url"` string followed by `:` is a key, and its string value (an image, a link) is
+    stepped over with one memchr for its closing quote. Only the short stretches between the
+    values are searched for names (a search across the base64 itself, or a walk over every
+    string, costs several times more). An unescaped quote in JSON opens or closes a string,
+    and one followed by a name opens it; an escaped one is inside a string."""
+    count, pos, find, size = 0, 0, body.find, len(body)
+    while True:
+        at = find(_B64_KEY, pos)
+        url = find(_URL_KEY, pos, at if at >= 0 else size)  # only before the next b64_json
+        if url >= 0:
+            at, pos = url, url + len(_URL_KEY)
+        elif at >= 0:
+            pos = at + len(_B64_KEY)
+        else:
+            return count
+        if at and body[at - 1] == 0x5C and _escaped(body, at):
+            continue  # an escaped quote: text inside a string, not a name
+        after = body[pos:pos + 16].lstrip()
+        if after[:1] != b":":
+            continue  # the string "url" as a value, not a key
+        count += 1
+        start = find(b'"', pos)  # the value, when it is a string: stepped over whole
+        if start < 0 or body[pos:start].strip(b" \t\r\n") != b":":
+            continue
         end = find(b'"', start + 1)
         while end > 0 and body[end - 1] == 0x5C and _escaped(body, end):  # a backslash first
             end = find(b'"', end + 1)
         if end < 0:
-            break
+            return count
         pos = end + 1
-        length = end - start - 1  # only a string as long as a name is sliced and compared
-        if (length == 8 or length == 3) and body[start + 1:end] in IMAGE_NAMES \
-                and body[pos:pos + 16].lstrip()[:1] == b":":
-            count += 1
-    return count
 
 
 def _escaped(body: bytes, quote: int) -> bool:

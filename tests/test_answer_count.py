@@ -1,7 +1,11 @@
 """Images counted in an OpenAI answer without decoding it: keys only, escapes respected."""
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from imagegate.proxy.passthrough import images_in
 
 
@@ -17,3 +21,41 @@ from imagegate.proxy.passthrough import images_in
 ])
 def test_images_in_counts_image_keys_only(body: bytes, images: int) -> None:
     assert images_in(body) == images
+
+
+def _image_keys(value: object) -> int:
+    """The truth: keys named b64_json or url anywhere in the parsed answer."""
+    if isinstance(value, dict):
+        return sum((k in ("b64_json", "url")) + _image_keys(v) for k, v in value.items())
+    if isinstance(value, list):
+        return sum(_image_keys(v) for v in value)
+    return 0
+
+
+_TEXT = st.lists(st.sampled_from(['"', "\\", ":", " ", "b64_json", "url", "a", "é", "{", "}",
+                                   "\n"]), max_size=8).map("".join)
+_NAMES = st.sampled_from(["b64_json", "url", "revised_prompt", "data", "x", 'say "url"',
+                          'x "url', 'x "b64_json', 'x \\"b64_json', 'b64_json\\', "url:"])
+_JSON = st.recursive(
+    st.none() | st.integers() | _TEXT | _NAMES,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_NAMES, inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(answer=_JSON, indent=st.sampled_from([None, 1, 2]), spaced=st.booleans())
+def test_images_in_counts_the_image_keys_of_any_json(answer: object, indent: int | None,
+                                                     spaced: bool) -> None:
+    """Whatever the answer holds (names inside values, escaped quotes, nesting, whitespace
+    around the colon), the count is that of its parsed image keys."""
+    separators = (", ", " : ") if spaced else None
+    body = json.dumps({"data": answer}, indent=indent, separators=separators).encode()
+    assert images_in(body) == _image_keys(answer)
+
+
+def test_images_in_steps_over_long_base64_values() -> None:
+    image = "A" * 300_000
+    body = json.dumps({"created": 1, "data": [{"b64_json": image, "revised_prompt": 'a "url"'},
+                                              {"b64_json": image}],
+                       "usage": {"total_tokens": 3}}, indent=2).encode()
+    assert images_in(body) == 2
