@@ -17,7 +17,6 @@ from imagegate.adapters.base import (
 from imagegate.config.api import Image, ImagesResponse
 from imagegate.config.errors import GatewayError
 from imagegate.config.images import sniff_mime, within_pixels
-from imagegate.proxy.answer import BodyResponse
 from imagegate.proxy.fetch import Fetcher
 from imagegate.proxy.storage import ImageStore
 from PIL import Image as PILImage
@@ -115,4 +114,4 @@ class Finisher:
 
 
 def json_response(body: ImagesResponse, headers: dict[str, str]) -> web.Response:
-    return BodyResponse(body=_encode(body), content_type="application/json", headers=headers)
+    return web.Response(body=_encode(body), content_type="application/json", headers=headers)

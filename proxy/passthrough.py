@@ -17,7 +17,7 @@ from imagegate.config.images import InputImage
 from imagegate.middlewares.forms import FileCheck, Form, FormUpload, forward_length
 from imagegate.middlewares.headers import retry_after, safe_value
 from imagegate.middlewares.keys import ParsedRequest
-from imagegate.proxy.answer import Answer, BodyResponse
+from imagegate.proxy.answer import Answer
 from imagegate.proxy.finish import decode_image, json_response
 from imagegate.proxy.gateway import Gateway
 from imagegate.proxy.routing import RouteState
@@ -231,7 +231,7 @@ async def relay(request: web.Request, call: Call, provider: str, *, stream: bool
     length = resp.content_length
     events = ctype.startswith("text/event-stream")
     if not stream and not events and length is not None and length <= RELAY_WHOLE_BYTES:
-        return BodyResponse(status=resp.status, body=await resp.read(), headers=headers), None
+        return web.Response(status=resp.status, body=await resp.read(), headers=headers), None
     out = web.StreamResponse(status=resp.status, headers=headers)
     if length is not None and not events:
         out.content_length = length
