@@ -222,7 +222,8 @@ async def relay(request: web.Request, call: Call, provider: str, *, stream: bool
     """The upstream's answer as it is, and (relayed in chunks) what it held. An answer that
     breaks after it began reaching the client marks the call broken."""
     resp = call.response
-    await raise_for_upstream(resp, provider)
+    if resp.status >= 400:  # (the common answer skips a coroutine)
+        await raise_for_upstream(resp, provider)
     headers = _headers(resp)
     if resp.status >= 400:
         await _raise_relayed_error(resp, headers)

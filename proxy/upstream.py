@@ -239,9 +239,8 @@ class Attempt:
             raise
         status = resp.status
         slot.status, slot.outcome = status, outcome_of(status)
-        found = resp.headers.get
-        slot.upstream_id = next((v for v in map(found, ANSWER_ID_HEADERS) if v is not None),
-                                None)
+        found = resp.headers.get  # the first of ANSWER_ID_HEADERS sent (an empty one is none)
+        slot.upstream_id = found(ANSWER_ID_HEADERS[0]) or found(ANSWER_ID_HEADERS[1])
         self.call = Call(resp, slot)
         if 300 <= status < 400:
             provider = self.place.state.name
