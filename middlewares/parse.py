@@ -93,6 +93,8 @@ def check_fields(body: Any) -> None:
 
 
 def apply_defaults(body: Any, defaults: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    if not defaults:  # (most models: no comprehension to run)
+        return body, {}
     fields = body.__struct_fields__  # an edit form has no `style`: such defaults do not apply
     filled = {k: v for k, v in defaults.items() if k in fields and getattr(body, k) is None}
     return (msgspec.structs.replace(body, **filled) if filled else body), filled
