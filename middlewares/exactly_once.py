@@ -132,7 +132,7 @@ class ExactlyOnce:
         record.idempotency = how
         family = self.metrics.idempotent_replays if how == "replayed" else (
             self.metrics.idempotent_coalesced)
-        self.metrics.child(family, record.key_id or "anonymous").inc()
+        self.metrics.add(family, record.key_id or "anonymous")
         response = web.Response(status=answer.status, body=answer.body)
         for name, value in answer.headers:
             response.headers[name] = value

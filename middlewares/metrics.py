@@ -170,20 +170,18 @@ class _Observe:
     """A histogram child's observe: the sum and the one bucket, the bucket found by bisection
     (prometheus_client walks the bounds in Python), the same values written."""
 
-    __slots__ = ("_add_sum", "bounds", "_buckets", "sum_value", "values", "direct")
+    __slots__ = ("bounds", "sum_value", "values", "direct")
 
     def __init__(self, child: Histogram) -> None:
         child._sum = self.sum_value = _unlocked(child._sum)
         child._buckets = [_unlocked(b) for b in child._buckets]
         self.values = tuple(child._buckets)
         self.direct = type(self.sum_value) is _LoopValue  # Metrics.observe writes them itself
-        self._add_sum = child._sum.inc
         self.bounds = tuple(child._upper_bounds)  # ends with +Inf: every amount has a bucket
-        self._buckets = tuple(b.inc for b in child._buckets)
 
     def observe(self, amount: float) -> None:
-        self._add_sum(amount)
-        self._buckets[bisect_left(self.bounds, amount)](1)
+        self.sum_value.inc(amount)
+        self.values[bisect_left(self.bounds, amount)].inc(1)
 
 
 def _fast(family: Any, child: Any) -> Any:

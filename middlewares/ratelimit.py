@@ -68,7 +68,7 @@ async def _admitted(request: web.Request, handler: Handler, policy: Policy, plan
     if decision.refused is not None:
         record_budget(metrics, policy.key_id, decision.plan.caps, decision.spent)
         refused = decision.refused
-        metrics.child(metrics.rate_limited, policy.key_id, refused.name.rsplit(".", 1)[-1]).inc()
+        metrics.add(metrics.rate_limited, policy.key_id, refused.name.rsplit(".", 1)[-1])
         code = "budget_exceeded" if isinstance(refused, Cap) else "rate_limit_exceeded"
         raise GatewayError(code, refusal_message(policy, decision),
                            headers={"retry-after": retry_after(decision.retry_after_s)})
@@ -109,7 +109,7 @@ def record_cost(request: web.Request, metrics: Metrics) -> float | None:
     cost = answer_cost(outcome.route, outcome.images, outcome.usage, outcome.size,
                        outcome.quality)
     if cost is None:
-        metrics.child(metrics.unpriced, model, outcome.provider).inc()
+        metrics.add(metrics.unpriced, model, outcome.provider)
         return None
     record.cost_usd = cost
     metrics.add(metrics.cost, record.key_id or ANONYMOUS, model, outcome.provider, amount=cost)

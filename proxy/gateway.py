@@ -79,7 +79,7 @@ class Gateway:
             await self.shared.publish(route, seconds or self.config.routing.cooldown_s)
 
     def count_retry(self, route: RouteState) -> None:
-        self.metrics.child(self.metrics.retries, route.provider).inc()
+        self.metrics.add(self.metrics.retries, route.provider)
 
     def base_url(self, request: web.Request) -> str:
         """Where hosted links point: the configured or served address, else the request's."""

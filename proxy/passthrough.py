@@ -70,7 +70,7 @@ def usage_of(body: bytes) -> Usage | None:
 IMAGE_KEYS = (b'"b64_json"', b'"url"')
 
 
-_B64_KEY, _URL_KEY = b'"b64_json"', b'"url"'
+_B64_KEY, _URL_KEY = IMAGE_KEYS
 
 
 def images_in(body: bytes) -> int:
@@ -222,10 +222,9 @@ async def relay(request: web.Request, call: Call, provider: str, *, stream: bool
     """The upstream's answer as it is, and (relayed in chunks) what it held. An answer that
     breaks after it began reaching the client marks the call broken."""
     resp = call.response
-    if resp.status >= 400:  # (the common answer skips a coroutine)
-        await raise_for_upstream(resp, provider)
     headers = _headers(resp)
-    if resp.status >= 400:
+    if resp.status >= 400:  # the gateway's own error (maybe retried elsewhere), else OpenAI's
+        await raise_for_upstream(resp, provider)
         await _raise_relayed_error(resp, headers)
     headers.update(answer_headers)
     ctype = resp.headers.get("content-type", "")

@@ -184,7 +184,7 @@ class Place:
         state = self.state
         if state.in_flight >= state.config.max_concurrency:
             metrics = self.upstream.metrics
-            metrics.child(metrics.upstream, state.name, self.model, "busy").inc()
+            metrics.add(metrics.upstream, state.name, self.model, "busy")
             raise GatewayError(
                 "upstream_busy", f"The provider '{state.name}' is at its concurrency limit.",
                 headers={"retry-after": "1"}, gateway_fault=True,
