@@ -70,15 +70,19 @@ def iso_timestamp(logger: Any, method: str, event: MutableMapping[str, Any]
                   ) -> MutableMapping[str, Any]:
     """`timestamp` as structlog's TimeStamper(fmt="iso", utc=True) writes it
     (2026-12-01T08:45:51.123456Z), for a fraction of its cost."""
-    now = time.time()
+    event["timestamp"] = iso_text(time.time())
+    return event
+
+
+def iso_text(now: float) -> str:
+    """The ISO UTC text of a time.time() reading."""
     second = int(now)
     if second != _Second.second:
         _Second.text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
         _Second.second = second
     micros = int((now - second) * 1e6)  # 0..999999: the float's fraction, truncated
     digits = _Second.digits
-    event["timestamp"] = _Second.text + digits[micros // 1000] + digits[micros % 1000] + "Z"
-    return event
+    return _Second.text + digits[micros // 1000] + digits[micros % 1000] + "Z"
 
 
 MAX_LINE_BYTES = 16 * 1024  # a line longer than this has its long fields cut, then re-rendered
@@ -164,34 +168,48 @@ def _prepare(limiter: RateLimiter) -> Callable[[Any, str, MutableMapping[str, An
 
 
 LINES_PER_WRITE_BYTES = 4096  # PIPE_BUF: a write this size to a pipe is never interleaved
+MAX_PENDING_LINES = 64  # lines kept for a turn's end before they are written anyway
+
+Later = tuple[dict[str, Any], float]  # an info line's fields (event, request id) and its time
 
 
 class LineWriter:
     """structlog's BytesLogger, with the info lines of one event-loop turn written together:
-    one write and one flush per turn instead of two per request. Every write ends at a line's
-    end and holds at most PIPE_BUF bytes (or one longer line), so workers sharing a pipe never
-    interleave inside a line. A warning or worse, a line off the loop's thread and a line
-    with no loop running are written at once (after the pending ones: the order holds), and
-    whatever is pending is written at exit."""
+    one write and one flush per turn instead of two per request. A line given `later` (the
+    lines every request writes) is also rendered then, at the turn's end: after the answer
+    that turn finished has been written to its client, so a request's own lines cost it no
+    latency. Every write ends at a line's end and holds at most PIPE_BUF bytes (or one longer
+    line), so workers sharing a pipe never interleave inside a line. A warning or worse, a line
+    off the loop's thread and a line with no loop running are written at once (after the
+    pending ones: the order holds), and whatever is pending is written at exit."""
 
-    def __init__(self, file: BinaryIO | None = None) -> None:
+    def __init__(self, file: BinaryIO | None = None,
+                 render: Callable[[dict[str, Any], float], bytes] | None = None) -> None:
         self._file = file if file is not None else sys.stdout.buffer
-        self._pending: list[bytes] = []
-        self._size = 0
+        self._render = render if render is not None else _render_later
+        self._pending: list[bytes | Later] = []
         self._thread = threading.get_ident()
         self._flusher: asyncio.AbstractEventLoop | None = None  # the loop a flush is due on
 
     def info(self, message: bytes) -> None:
+        self._add(message)
+
+    def later(self, fields: dict[str, Any], now: float) -> None:
+        """An info line rendered at the turn's end, stamped `now`: its fields must not change
+        after this call (every caller hands over a dict of its own)."""
+        self._add((fields, now))
+
+    def _add(self, line: bytes | Later) -> None:
         if threading.get_ident() != self._thread:
-            self.now(message)
+            self.now(line if type(line) is bytes else self._render(*line))
             return
-        size = len(message) + 1  # and its newline, added when the lines are joined
-        if self._size + size > LINES_PER_WRITE_BYTES and self._pending:
+        pending = self._pending
+        if len(pending) >= MAX_PENDING_LINES:
             self.flush()
-        self._pending.append(message)
-        self._size += size
+        pending = self._pending
+        pending.append(line)
         flusher = self._flusher
-        if len(self._pending) > 1 and flusher is not None and flusher.is_running():
+        if len(pending) > 1 and flusher is not None and flusher.is_running():
             return  # the turn's flush is scheduled (get_running_loop costs a getpid call)
         try:
             loop = asyncio.get_running_loop()
@@ -210,9 +228,20 @@ class LineWriter:
     def flush(self) -> None:
         if not self._pending:
             return
-        lines, self._pending, self._size = self._pending, [], 0
+        pending, self._pending = self._pending, []
+        render = self._render
+        lines = [line if type(line) is bytes else render(*line) for line in pending]
         lines.append(b"")  # the last line's newline
-        self._file.write(b"\n".join(lines))
+        if sum(map(len, lines)) + len(lines) - 1 <= LINES_PER_WRITE_BYTES:
+            self._file.write(b"\n".join(lines))
+        else:  # more than one PIPE_BUF: whole lines, in writes of at most that
+            start, size = 0, 0
+            for i, line in enumerate(lines[:-1]):
+                if size + len(line) + 1 > LINES_PER_WRITE_BYTES and i > start:
+                    self._file.write(b"\n".join([*lines[start:i], b""]))
+                    start, size = i, 0
+                size += len(line) + 1
+            self._file.write(b"\n".join(lines[start:]))
         self._file.flush()
 
     debug = msg = info
@@ -240,7 +269,9 @@ def info_line(event: str, fields: dict[str, Any]) -> None:
     """An info line written exactly as structlog's chain writes `log.info(event, **fields)`
     (same processors, fields and order), for the lines every request writes (its access line,
     each upstream attempt): structlog's lazy logger, binding and copying per call cost more
-    than rendering the line. Before configure_logging (or after a reset), structlog as is."""
+    than rendering the line. Rendered at the loop turn's end (LineWriter.later), with the
+    request id and the time of this call. Before configure_logging (or after a reset),
+    structlog as is."""
     writer = _Current.writer
     if writer is None or _STRUCTLOG_CONFIG is None \
             or _STRUCTLOG_CONFIG.default_processors != _Current.chain:
@@ -249,9 +280,26 @@ def info_line(event: str, fields: dict[str, Any]) -> None:
     if not _Current.info_on:
         return
     fields["event"] = event
-    # the chain is [prepare, JSONRenderer(serializer=render_line)]: its two steps called here
-    # directly, as the renderer calls its serializer (with structlog's fallback encoder)
-    writer.info(render_line(_Current.prepare(None, "info", fields), _Current.default))
+    request_id = REQUEST_ID_VAR.get()  # the caller's: the line is rendered outside its context
+    if request_id is not None:
+        fields.setdefault("request_id", request_id)
+    writer.later(fields, time.time())
+
+
+def _render_later(fields: dict[str, Any], now: float) -> bytes:
+    """What the chain [prepare, JSONRenderer(serializer=render_line)] makes of an info line,
+    its request id and time taken when it was written: prepare's level and timestamp, and the
+    renderer's serializer (with structlog's fallback encoder). A line that cannot be rendered
+    says so, rather than taking its turn's other lines with it."""
+    fields["level"] = "info"
+    fields["timestamp"] = iso_text(now)
+    try:
+        if "exc_info" in fields:
+            fields = dict(_exc_info(None, "info", fields))
+        return render_line(fields, _Current.default)
+    except Exception as exc:  # noqa: BLE001 (a log line, never the request's failure)
+        return render_line({"event": "log_line_unrenderable", "error": type(exc).__name__,
+                            "level": "error", "timestamp": fields["timestamp"]}, repr)
 
 
 @atexit.register

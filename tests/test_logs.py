@@ -180,6 +180,60 @@ def test_info_line_writes_what_structlog_writes_and_yields_to_capture_logs(
     assert captured == [{"status": 201, "event": "upstream", "log_level": "info"}]
 
 
+async def test_request_lines_are_rendered_at_the_turns_end_as_of_their_call(
+        writes: _Writes) -> None:
+    """A request's lines go out after the answer its turn wrote, yet each says what it said when
+    it was written: its request id, its time, its fields; one that cannot be rendered is
+    replaced by a line saying so, and the rest of its turn still goes out, in order."""
+    import asyncio
+    import contextvars
+    import time
+    from datetime import datetime, timezone
+
+    from imagegate.middlewares.keys import REQUEST_ID_VAR
+    from imagegate.proxy.logs import info_line
+
+    def request(request_id: str, status: int) -> None:  # in a context of its own, as a task
+        REQUEST_ID_VAR.set(request_id)
+        info_line("request", {"status": status})
+
+    before = time.time()
+    contextvars.copy_context().run(request, "req_one", 200)
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise ValueError("no text for this")
+
+    info_line("upstream", {"status": 500, "detail": Unprintable()})
+    contextvars.copy_context().run(request, "req_two", 201)
+    after = time.time()
+    assert writes.getvalue() == b""  # nothing rendered or written before the turn's end
+    await asyncio.sleep(0.05)
+    got = [json.loads(line) for line in writes.getvalue().splitlines()]
+    assert [(e["event"], e.get("request_id"), e.get("status")) for e in got] == [
+        ("request", "req_one", 200), ("log_line_unrenderable", None, None),
+        ("request", "req_two", 201)]
+    assert got[1]["error"] == "ValueError" and got[1]["level"] == "error"
+    for line in got:
+        stamp = datetime.strptime(line["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        stamp = stamp.replace(tzinfo=timezone.utc).timestamp()
+        assert before - 0.001 <= stamp <= after + 0.001  # the call's time, not the flush's
+    assert len(writes.writes) == 1
+
+
+async def test_many_request_lines_go_out_in_whole_lines_of_at_most_pipe_buf(
+        writes: _Writes) -> None:
+    import asyncio
+
+    from imagegate.proxy.logs import info_line
+    for i in range(150):  # more than one turn may hold: written in bounded batches
+        info_line("request", {"n": i, "pad": "x" * 40})
+    await asyncio.sleep(0)
+    assert len(writes.writes) >= 4
+    for chunk in writes.writes:
+        assert chunk.endswith(b"\n") and len(chunk) <= 4096
+    assert [json.loads(line)["n"] for line in writes.getvalue().splitlines()] == list(range(150))
+
+
 def test_info_line_keeps_to_the_configured_level() -> None:
     from imagegate.proxy.logs import info_line
     out = io.BytesIO()
