@@ -59,3 +59,48 @@ def test_images_in_steps_over_long_base64_values() -> None:
                                               {"b64_json": image}],
                        "usage": {"total_tokens": 3}}, indent=2).encode()
     assert images_in(body) == 2
+
+
+_USAGE = {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12}
+
+
+@settings(max_examples=300, deadline=None)
+@given(answer=_JSON, where=st.sampled_from(["before", "after", "none"]),
+       indent=st.sampled_from([None, 2]))
+def test_counted_finds_the_top_level_usage_wherever_the_answer_puts_it(
+        answer: object, where: str, indent: int | None) -> None:
+    """The images and the answer's own `usage` (before or after `data`, or none), never a
+    `usage` quoted inside a value or nested in an image's object."""
+    from imagegate.proxy.passthrough import counted
+    fields: dict[str, object] = {"created": 1}
+    if where == "before":
+        fields["usage"] = _USAGE
+    fields["data"] = answer
+    if where == "after":
+        fields["usage"] = _USAGE
+    body = json.dumps(fields, indent=indent).encode()
+    images, usage = counted(body)
+    assert images == _image_keys(answer)
+    if where == "none":
+        assert usage is None or _has_usage_key(answer)
+    else:
+        assert usage is not None and (usage.input_tokens, usage.output_tokens) == (5, 7)
+
+
+def _has_usage_key(value: object) -> bool:
+    if isinstance(value, dict):
+        return "usage" in value or any(_has_usage_key(v) for v in value.values())
+    return isinstance(value, list) and any(_has_usage_key(v) for v in value)
+
+
+def test_counted_reads_usage_after_long_images_and_none_when_absent() -> None:
+    from imagegate.proxy.passthrough import counted
+    image = "A" * 300_000
+    quoted = 'a sign saying "usage": {"input_tokens": 1}'
+    with_usage = json.dumps({"created": 1, "data": [{"b64_json": image, "revised_prompt": quoted}],
+                             "usage": _USAGE}).encode()
+    without = json.dumps({"created": 1, "data": [{"b64_json": image, "revised_prompt": quoted},
+                                                 {"url": "https://x/usage"}]}).encode()
+    images, usage = counted(with_usage)
+    assert images == 1 and usage is not None and usage.total_tokens == 12
+    assert counted(without) == (2, None)
