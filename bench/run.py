@@ -119,12 +119,16 @@ def bare_app(upstream: str) -> web.Application:
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
-def serve_upstream(bare_for: str | None = None) -> None:
+def serve_upstream(bare_for: str | None = None, featured_for: str | None = None) -> None:
     # a terminal Ctrl-C reaches the whole group; the bench stops this process itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     async def run() -> None:
-        app = bare_app(bare_for) if bare_for else upstream_app()
+        if featured_for:  # its log lines go to a file, as the gateway's do
+            from featured import featured_app
+            app = featured_app(featured_for, BENCH_KEY, tempfile.TemporaryFile())
+        else:
+            app = bare_app(bare_for) if bare_for else upstream_app()
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -198,10 +202,13 @@ def status_kb(pid: int, key: str = "VmRSS") -> int:
     raise RuntimeError(f"{key} missing from /proc/{pid}/status")
 
 
-def start_upstream(procs: list[subprocess.Popen[Any]], bare_for: str | None = None) -> int:
-    """Spawns the mock upstream, or with `bare_for` the baseline forwarder to it (listed in
-    `procs` at once, for clean-up), and returns its port."""
-    mode = ["--bare-proxy", bare_for] if bare_for else ["--upstream"]
+def start_upstream(procs: list[subprocess.Popen[Any]], bare_for: str | None = None,
+                   featured: bool = False) -> int:
+    """Spawns the mock upstream, or with `bare_for` the baseline forwarder to it (with
+    `featured`, bench/featured.py's), listed in `procs` at once, for clean-up; returns its
+    port."""
+    mode = ([("--featured-proxy" if featured else "--bare-proxy"), bare_for] if bare_for
+            else ["--upstream"])
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *mode],
                             stdout=subprocess.PIPE, text=True,
                             preexec_fn=die_with_parent)  # noqa: PLW1509 (no threads yet)
@@ -674,6 +681,16 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, Any, str]]:
                      (at + "bare forwarder p50 (ms)", bare["p50_ms"], ""),
                      (at + "added p50 latency (ms)", round(load["p50_ms"] - bare["p50_ms"], 2),
                       "added_p50_ms" if c == 1 else "")]
+            featured = r.get("featured", {}).get(c)
+            if featured and featured["cpu_ms_per_request"]:
+                cpu = featured["cpu_ms_per_request"]
+                rows += [(at + "featured forwarder CPU ms / request", cpu, ""),
+                         (at + "CPU ratio featured / bare",
+                          round(cpu / bare["cpu_ms_per_request"], 2), ""),
+                         (at + "CPU ratio gateway / featured",
+                          round(load["cpu_ms_per_request"] / cpu, 2), ""),
+                         (at + "featured added p50 latency (ms)",
+                          round(featured["p50_ms"] - bare["p50_ms"], 2), "")]
     for mode, levels in r.get("limits", {}).items():
         for c, load in levels.items():
             at, off = f"C={c}, {mode} limits: ", loads.get(c, {}).get("cpu_ms_per_request")
@@ -760,8 +777,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--redis-ops", type=_ops_modes, default=[],
                    help="count the Redis commands one request costs with each feature on "
                         "(limits, budget, idempotency, url storage): redis, cluster or both")
+    p.add_argument("--featured", action="store_true",
+                   help="with --baseline, also load bench/featured.py (the bare forwarder plus "
+                        "the gateway's per-request features inline): what the features cost "
+                        "apart from the gateway's structure")
     p.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bare-proxy", help=argparse.SUPPRESS)
+    p.add_argument("--featured-proxy", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -826,7 +848,8 @@ def run_loads(args: argparse.Namespace, targets: dict[str, Target],
         if name.endswith(" limits"):
             results.setdefault("limits", {})[name.split()[0]] = figures
         else:
-            results["load" if name == "gateway" else "baseline"] = figures
+            results[{"gateway": "load", "featured forwarder": "featured"}.get(
+                name, "baseline")] = figures
 
 
 def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[Any]]) -> dict:
@@ -847,6 +870,10 @@ def run(args: argparse.Namespace, tmp: Path, procs: list[subprocess.Popen[Any]])
                 bare_port = start_upstream(procs, f"http://127.0.0.1:{upstream_port}")
                 targets["bare forwarder"] = (f"http://127.0.0.1:{bare_port}", procs[-1].pid,
                                              (), ())
+                if args.featured:
+                    port = start_upstream(procs, f"http://127.0.0.1:{upstream_port}", True)
+                    targets["featured forwarder"] = (f"http://127.0.0.1:{port}",
+                                                     procs[-1].pid, (), ())
             for mode in args.limits:
                 targets[f"{mode} limits"] = limited_gateway(tmp, upstream_port, mode, procs)
             run_loads(args, targets, results)
@@ -881,8 +908,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.upstream or args.bare_proxy:
-        serve_upstream(args.bare_proxy)
+    if args.upstream or args.bare_proxy or args.featured_proxy:
+        serve_upstream(args.bare_proxy, args.featured_proxy)
         return 0
     # SIGTERM takes the same clean-up path as Ctrl-C
     signal.signal(signal.SIGTERM, _interrupt)
