@@ -47,8 +47,10 @@ def test_nesting_deeper_than_the_bound_is_refused() -> None:
     check_json_shape(b'{"a": ' + b"[" * (MAX_DEPTH - 1) + b"]" * (MAX_DEPTH - 1) + b"}")
 
 
-KEYS = st.sampled_from(["model", "prompt", "n", "size", 'a"b', "a\\b", "é", "\u2028"])
+KEYS = st.sampled_from(["model", "prompt", "n", "size", 'a"b', "a\\b", "é", "\u2028", "a:b",
+                       ": "])
 VALUES = st.one_of(st.integers(), st.text(max_size=20), st.booleans(), st.none(),
+                   st.text(alphabet=': a,"', max_size=6), st.floats(allow_nan=False),
                    st.lists(st.integers(), max_size=2), st.dictionaries(KEYS, st.integers(),
                                                                         max_size=2))
 
