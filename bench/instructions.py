@@ -6,8 +6,8 @@ It is not the CPU-time ratio. valgrind counts a memory copy (`rep movsb`) about 
 byte, so the answer's copies weigh far more than the microseconds they take, and the bare
 forwarder copies it one more time than the gateway; the interpreter's instructions, most of the
 gateway's extra, run at a lower rate than those copies. The second line therefore gives the
-ratio without memcpy/memmove/memset, which comes closer to user CPU time (2026-12: 1.39 with
-the copies, 1.53 without, user time 1.46). A change that saves a copy and adds a system call
+ratio without memcpy/memmove/memset, which comes closer to CPU time (2026-12-01: 1.35 with
+the copies, 1.48 without, CPU time 1.49). A change that saves a copy and adds a system call
 can look like a gain here and be none in bench/run.py: check there (paired rounds) as well.
 
 Each side runs under callgrind twice, over FEW and then MANY requests at 64 connections (the
