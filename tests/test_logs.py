@@ -188,7 +188,7 @@ async def test_request_lines_are_rendered_at_the_turns_end_as_of_their_call(
     import asyncio
     import contextvars
     import time
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     from imagegate.middlewares.keys import REQUEST_ID_VAR
     from imagegate.proxy.logs import info_line
@@ -215,7 +215,7 @@ async def test_request_lines_are_rendered_at_the_turns_end_as_of_their_call(
     assert got[1]["error"] == "ValueError" and got[1]["level"] == "error"
     for line in got:
         stamp = datetime.strptime(line["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ")
-        stamp = stamp.replace(tzinfo=timezone.utc).timestamp()
+        stamp = stamp.replace(tzinfo=UTC).timestamp()
         assert before - 0.001 <= stamp <= after + 0.001  # the call's time, not the flush's
     assert len(writes.writes) == 1
 
