@@ -166,8 +166,12 @@ class Tally:
 
     def feed(self, chunk: bytes) -> None:
         if not self.events:  # a key split across two chunks is counted once, in the second
-            self.images += sum((self.tail[1 - len(k):] + chunk).count(k) for k in IMAGE_KEYS)
-            self.tail = (self.tail + chunk)[-self.TAIL:]
+            # a key ends with a quote: none ends in a chunk of pure base64 (one memchr instead
+            # of two searches, ~60 us a 64 KB chunk, across a multi-megabyte answer)
+            if chunk.find(b'"') >= 0:
+                self.images += sum((self.tail[1 - len(k):] + chunk).count(k)
+                                   for k in IMAGE_KEYS)
+            self.tail = (chunk if len(chunk) >= self.TAIL else self.tail + chunk)[-self.TAIL:]
             return
         pieces = (self.tail + chunk).split(b"\n\n")
         for i, piece in enumerate(pieces):

@@ -49,3 +49,19 @@ def test_a_stream_counts_completed_events_and_adds_their_usage(seed: int) -> Non
     assert usage is not None and usage.input_tokens == 5 + 6
     assert usage.output_tokens == 2 * 4160
     assert usage.input_tokens_details == {"image_tokens": 80, "text_tokens": 20}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_large_body_in_network_sized_chunks_counts_each_image_once(seed: int) -> None:
+    """Megabytes of base64 in 64 KB chunks (most hold no quote at all), the image keys falling
+    anywhere, a key split across two chunks included."""
+    rng = random.Random(seed)
+    images = [{"b64_json": "QUJD" * rng.randrange(1, 200_000)} for _ in range(4)]
+    images.insert(2, {"url": "https://x/y.png", "revised_prompt": "r"})
+    data = json.dumps({"created": 1, "data": images, "usage": USAGE}).encode()
+    tally, at, size = Tally(False), 0, rng.choice([65536, 65535, 16384, 9])
+    while at < len(data):
+        tally.feed(data[at:at + size])
+        at += size
+    usage = tally.finish()
+    assert tally.images == 5 and usage is not None and usage.total_tokens == 4210
