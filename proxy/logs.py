@@ -203,8 +203,7 @@ class LineWriter:
         if threading.get_ident() != self._thread:
             self.now(line if type(line) is bytes else self._render(*line))
             return
-        pending = self._pending
-        if len(pending) >= MAX_PENDING_LINES:
+        if len(self._pending) >= MAX_PENDING_LINES:
             self.flush()
         pending = self._pending
         pending.append(line)
