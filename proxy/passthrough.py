@@ -75,11 +75,6 @@ IMAGE_KEYS = (b'"b64_json"', b'"url"')
 _B64_KEY, _URL_KEY = IMAGE_KEYS
 
 
-def images_in(body: bytes) -> int:
-    """Images of an OpenAI answer body, without decoding its base64 (see _image_values)."""
-    return _image_values(body)[0]
-
-
 def counted(body: bytes) -> tuple[int, Usage | None]:
     """The images and `usage` of an OpenAI answer body, in one pass over its keys: `usage` is
     searched for only outside the image values (after the last, else before the first)."""

@@ -6,7 +6,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from imagegate.proxy.passthrough import images_in
+from imagegate.proxy.passthrough import counted
 
 
 @pytest.mark.parametrize(("body", "images"), [
@@ -19,8 +19,8 @@ from imagegate.proxy.passthrough import images_in
     (b"", 0),
     (b'{"data":[{"b64_json":"unterminated', 1),  # the key itself is whole
 ])
-def test_images_in_counts_image_keys_only(body: bytes, images: int) -> None:
-    assert images_in(body) == images
+def test_counted_counts_image_keys_only(body: bytes, images: int) -> None:
+    assert counted(body)[0] == images
 
 
 def _image_keys(value: object) -> int:
@@ -44,21 +44,21 @@ _JSON = st.recursive(
 
 @settings(max_examples=400, deadline=None)
 @given(answer=_JSON, indent=st.sampled_from([None, 1, 2]), spaced=st.booleans())
-def test_images_in_counts_the_image_keys_of_any_json(answer: object, indent: int | None,
+def test_counted_counts_the_image_keys_of_any_json(answer: object, indent: int | None,
                                                      spaced: bool) -> None:
     """Whatever the answer holds (names inside values, escaped quotes, nesting, whitespace
     around the colon), the count is that of its parsed image keys."""
     separators = (", ", " : ") if spaced else None
     body = json.dumps({"data": answer}, indent=indent, separators=separators).encode()
-    assert images_in(body) == _image_keys(answer)
+    assert counted(body)[0] == _image_keys(answer)
 
 
-def test_images_in_steps_over_long_base64_values() -> None:
+def test_counted_steps_over_long_base64_values() -> None:
     image = "A" * 300_000
     body = json.dumps({"created": 1, "data": [{"b64_json": image, "revised_prompt": 'a "url"'},
                                               {"b64_json": image}],
                        "usage": {"total_tokens": 3}}, indent=2).encode()
-    assert images_in(body) == 2
+    assert counted(body)[0] == 2
 
 
 _USAGE = {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12}
@@ -71,7 +71,6 @@ def test_counted_finds_the_top_level_usage_wherever_the_answer_puts_it(
         answer: object, where: str, indent: int | None) -> None:
     """The images and the answer's own `usage` (before or after `data`, or none), never a
     `usage` quoted inside a value or nested in an image's object."""
-    from imagegate.proxy.passthrough import counted
     fields: dict[str, object] = {"created": 1}
     if where == "before":
         fields["usage"] = _USAGE
@@ -94,7 +93,6 @@ def _has_usage_key(value: object) -> bool:
 
 
 def test_counted_reads_usage_after_long_images_and_none_when_absent() -> None:
-    from imagegate.proxy.passthrough import counted
     image = "A" * 300_000
     quoted = 'a sign saying "usage": {"input_tokens": 1}'
     with_usage = json.dumps({"created": 1, "data": [{"b64_json": image, "revised_prompt": quoted}],
